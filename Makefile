@@ -1,0 +1,29 @@
+# zhlora: the two set-up commands are `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# torch is pinned here (CI / developer install path) to the local CPU wheel; the package
+# metadata itself only asks for torch>=2.3 so real users bring their own build.
+TORCH   := torch==2.13.0
+EXTRAS  := train,serve,gec,export,test
+
+.PHONY: venv test demo clean bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH)"
+	$(VPY) -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider tests
+
+demo: $(STAMP)
+	$(VPY) -m zhlora demo
+
+clean:
+	rm -rf $(VENV) .demo

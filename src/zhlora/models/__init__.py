@@ -1,0 +1,1 @@
+"""Model loading (thin wrappers over transformers) and zhlora's native model families."""

@@ -1,0 +1,109 @@
+"""Thin wrappers over transformers' loading, so API churn hits one place.
+
+Security defaults: safetensors; a folder that only has pickled `.bin` weights is refused
+unless the caller passes `allow_bin=True` (transformers then loads it with
+`torch.load(weights_only=True)`); never `trust_remote_code`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zhlora.errors import ZhloraError
+from zhlora.families import read_config
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(name: str | None, device: str | None = None) -> torch.dtype:
+    """`auto` -> fp32 on CPU (bf16 matmul is ~200x slower there), bf16 on GPU when supported."""
+    if name in (None, "auto"):
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dev.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32 if not dev.startswith("cuda") else torch.float16
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ZhloraError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)} or auto") from None
+
+
+def weight_files(model_dir: str | Path) -> tuple[str, list[Path]]:
+    """-> ("safetensors" | "bin", files). Raises when the folder has no weights."""
+    d = Path(model_dir)
+    st = sorted(d.glob("*.safetensors"))
+    if st:
+        return "safetensors", st
+    bins = sorted(p for p in d.glob("*.bin") if p.name != "training_args.bin")
+    if bins:
+        return "bin", bins
+    raise ZhloraError(f"{d}: no *.safetensors or *.bin weights found")
+
+
+def check_weights_allowed(model_dir: str | Path, allow_bin: bool) -> None:
+    kind, files = weight_files(model_dir)
+    if kind == "bin" and not allow_bin:
+        raise ZhloraError(
+            f"{model_dir}: only pickled .bin weights ({files[0].name}...). zhlora loads safetensors "
+            "by default; pass allow_bin=true / --allow-bin to load them with "
+            "torch.load(weights_only=True), or convert them to safetensors first")
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    import zhlora  # noqa: F401  (registers zhlora's native tokenizer classes)
+    try:
+        tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ZhloraError(f"{path}: could not load a tokenizer ({e}). The folder needs "
+                          "tokenizer.json or tokenizer.model plus tokenizer_config.json") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def _generic_fast_tokenizer(path):
+    """A folder whose tokenizer_config names the generic fast class gets exactly that class.
+
+    transformers 5's AutoTokenizer prefers the model type's own class (e.g. Qwen2Tokenizer,
+    which rebuilds the pipeline from vocab+merges) over the `tokenizer.json` the folder holds.
+    """
+    import json
+
+    cfg_path = Path(path) / "tokenizer_config.json"
+    if not (Path(path) / "tokenizer.json").is_file() or not cfg_path.is_file():
+        return None
+    cls = json.loads(cfg_path.read_text(encoding="utf-8")).get("tokenizer_class")
+    if cls not in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
+               allow_bin: bool = False, attn_implementation: str | None = "sdpa"):
+    """Load a causal LM from a local folder (never the hub, never remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    import zhlora  # noqa: F401  (registers the native ChatGLM family)
+    read_config(path)  # clear error for a wrong folder
+    check_weights_allowed(path, allow_bin)
+    td = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
+    kwargs = {"dtype": td, "local_files_only": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except ValueError as e:
+        if "attn_implementation" in str(e) or "sdpa" in str(e).lower():
+            kwargs.pop("attn_implementation")
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        else:
+            raise ZhloraError(f"{path}: could not load the model: {e}") from None
+    if device:
+        model.to(device)
+    return model
