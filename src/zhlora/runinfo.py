@@ -1,0 +1,57 @@
+"""Self-describing run folders.
+
+An adapter folder written by `zhlora train` holds a standard PEFT adapter
+(`adapter_config.json`, `adapter_model.safetensors`) plus `zhlora_adapter.json`:
+
+    {
+      "zhlora_version": "0.1.0",
+      "base_model": "/abs/path/to/base",           # the folder it was trained on
+      "base_fingerprint": {"config_sha256": "...", "vocab_size": 32000, "model_type": "llama"},
+      "family": "llama",
+      "template": "alpaca",
+      "train_on": "all",                            # or "last"
+      "resized_vocab": null | {"from": 32000, "to": 49954},
+      "train_args": {...every TrainConfig field...},
+      "data_summary": {"files": [...], "formats": {...}, "records": N, "skipped": N, ...},
+      "metrics": {"train_loss": ..., "eval_loss": ..., "steps": ..., "seconds": ...},
+      "generation": {"max_new_tokens": 256, ...}
+    }
+
+When the vocabulary was extended, the adapter folder also holds the tokenizer files.
+merge / chat / predict / serve read this file so the user need not repeat flags.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zhlora import __version__
+from zhlora.errors import ZhloraError
+
+ADAPTER_META = "zhlora_adapter.json"
+
+
+def write_adapter_meta(folder: str | Path, meta: dict) -> None:
+    data = {"zhlora_version": __version__, **meta}
+    Path(folder, ADAPTER_META).write_text(json.dumps(data, ensure_ascii=False, indent=2, default=str),
+                                          encoding="utf-8")
+
+
+def read_adapter_meta(folder: str | Path) -> dict:
+    """The adapter's zhlora metadata, or {} for a plain PEFT adapter (e.g. from elsewhere)."""
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise ZhloraError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
+    p = folder / ADAPTER_META
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ZhloraError(f"{p}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def adapter_has_tokenizer(folder: str | Path) -> bool:
+    f = Path(folder)
+    return (f / "tokenizer_config.json").is_file() and any(
+        (f / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "ice_text.model"))
