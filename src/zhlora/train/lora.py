@@ -1,0 +1,50 @@
+"""LoRA through PEFT (thin wrappers: PEFT's API churn hits only this file)."""
+from __future__ import annotations
+
+from zhlora.errors import ZhloraError
+from zhlora.families import Family
+
+
+def resize_for_tokenizer(model, tokenizer) -> dict | None:
+    """Grow the embeddings when the tokenizer is larger than the model (Chinese-LLaMA's
+    49953/49954-token vocabularies over a 32000-token base). Returns {"from", "to"} or None."""
+    old = model.get_input_embeddings().weight.shape[0]
+    new = len(tokenizer)
+    if new <= old:
+        return None
+    model.resize_token_embeddings(new, mean_resizing=True)
+    model.config.vocab_size = new
+    return {"from": old, "to": new}
+
+
+def lora_config(family: Family, model, r: int, alpha: float, dropout: float, target,
+                modules_to_save=None, use_rslora: bool = False):
+    from peft import LoraConfig, TaskType
+
+    targets = family.lora_targets(target)
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ZhloraError(
+            f"lora_target {missing} not found in the {family.name} model; its linear layers are "
+            f"{sorted(n for n in names if n and not n.isdigit())[:40]}; presets: "
+            f"{', '.join(family.lora_presets)}")
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=targets, modules_to_save=list(modules_to_save or []) or None,
+                      use_rslora=use_rslora, bias="none")
+
+
+def apply_lora(model, config, gradient_checkpointing: bool = False):
+    from peft import get_peft_model
+
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model.config.use_cache = False
+    return get_peft_model(model, config)
+
+
+def trainable_summary(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable params {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"

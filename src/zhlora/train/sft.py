@@ -1,0 +1,260 @@
+"""Supervised fine-tuning with LoRA: recipe -> data -> model -> Trainer -> adapter folder.
+
+Read top to bottom: `train` calls `plan_output`, `load_data`, `build_rows`, `build_model`,
+`make_trainer`, then `finalize`. The Trainer writes checkpoints into `<output_dir>.partial/`;
+only a finished run is renamed to `<output_dir>`, so an output folder is never half-written
+and `resume=true` continues from the last checkpoint in the `.partial` folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zhlora.errors import ZhloraError
+from zhlora.families import Family, family_for_config, fingerprint, read_config
+from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
+from zhlora.outputs import replace_dir
+from zhlora.runinfo import write_adapter_meta
+from zhlora.templates import get_template
+from zhlora.train import dataset as ds
+from zhlora.train.config import TrainConfig
+from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
+
+
+@dataclass
+class TrainResult:
+    output: Path        # the finished adapter folder
+    model: object       # the trained PeftModel, still in memory
+    metrics: dict
+
+
+@dataclass
+class Plan:
+    output: Path
+    partial: Path
+    resume_from: str | None
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def say(msg: str) -> None:
+    if is_main_process():
+        print(msg, flush=True)
+
+
+def plan_output(cfg: TrainConfig) -> Plan:
+    out = Path(cfg.output_dir).resolve()
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not cfg.overwrite:
+        raise ZhloraError(f"output_dir {out} already exists; pass overwrite=true to replace it, "
+                          "or choose another output_dir")
+    resume_from = None
+    if partial.exists():
+        ckpts = sorted(partial.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if cfg.resume and ckpts:
+            resume_from = str(ckpts[-1])
+        elif cfg.resume:
+            say(f"resume=true but {partial} has no checkpoint; starting from scratch")
+        elif not cfg.overwrite:
+            raise ZhloraError(f"{partial} holds an interrupted run; pass resume=true to continue it "
+                              "or overwrite=true to start over")
+        if resume_from is None and is_main_process():
+            shutil.rmtree(partial)
+    elif cfg.resume:
+        say(f"resume=true but no interrupted run at {partial}; starting from scratch")
+    return Plan(out, partial, resume_from)
+
+
+def load_data(cfg: TrainConfig):
+    """-> (conversations, summary dict)."""
+    from zhlora.data.readers import read_conversations
+
+    res = read_conversations(cfg.data, format=cfg.format, skip_bad=cfg.skip_bad,
+                             progress=is_main_process())
+    convs = res.conversations
+    if cfg.max_samples:
+        convs = convs[: cfg.max_samples]
+    for f, fmt in res.formats.items():
+        say(f"data: {f}: format {fmt}")
+    if res.skipped:
+        say(f"data: skipped {res.skipped} bad record(s) (skip_bad=true)")
+    if not convs:
+        raise ZhloraError(f"no usable records in {', '.join(cfg.data)}")
+    summary = {"files": [str(Path(f).resolve()) for f in cfg.data], "formats": res.formats,
+               "records": res.records, "skipped": res.skipped, "used": len(convs)}
+    return convs, summary
+
+
+def split_eval(convs: list, ratio: float, seed: int) -> tuple[list, list]:
+    if ratio <= 0:
+        return convs, []
+    idx = list(range(len(convs)))
+    random.Random(seed).shuffle(idx)
+    n_eval = max(1, int(round(len(convs) * ratio)))
+    held = set(idx[:n_eval])
+    return [c for i, c in enumerate(convs) if i not in held], [convs[i] for i in sorted(held)]
+
+
+def build_rows(convs, template, tokenizer, cfg: TrainConfig, family: Family):
+    enc, stats = ds.encode_all(convs, template, tokenizer, cfg.cutoff_len, cfg.train_on,
+                               progress=is_main_process())
+    if not enc:
+        raise ZhloraError("every sample lost all its response tokens to truncation; raise cutoff_len")
+    if cfg.packing:
+        if not family.packing:
+            raise ZhloraError(f"packing is not supported for the {family.name} family "
+                              f"({family.notes or 'see docs'}); set packing=false")
+        rows = ds.pack_rows(enc, cfg.cutoff_len)
+    else:
+        rows = ds.single_rows(enc)
+    return rows, stats
+
+
+def build_model(cfg: TrainConfig, family: Family, tokenizer):
+    model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
+    resized = resize_for_tokenizer(model, tokenizer)
+    modules_to_save = list(cfg.modules_to_save or [])
+    if resized:
+        extra = [m for m in family.embedding_modules if m not in modules_to_save]
+        modules_to_save += extra
+        say(f"vocabulary: tokenizer has {resized['to']} tokens, model {resized['from']}: resized the "
+            f"embeddings and training {', '.join(modules_to_save)} whole (PEFT modules_to_save)")
+    lcfg = lora_config(family, model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target,
+                       modules_to_save, cfg.use_rslora)
+    model = apply_lora(model, lcfg, cfg.gradient_checkpointing)
+    say(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {sorted(lcfg.target_modules)}: "
+        f"{trainable_summary(model)}")
+    return model, resized
+
+
+def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    dtype = resolve_dtype(cfg.dtype)
+    eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
+    report = [] if cfg.report_to in ("none", "", None) else [cfg.report_to]
+    if "tensorboard" in report:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plan.partial / "runs"))
+    return TrainingArguments(
+        output_dir=str(plan.partial), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy=("steps" if eval_steps else "no") if has_eval else "no", eval_steps=eval_steps,
+        seed=cfg.seed, data_seed=cfg.seed, report_to=report, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
+        use_cpu=not on_gpu, ddp_backend=None if on_gpu or world_size() == 1 else "gloo",
+        deepspeed=cfg.deepspeed,
+        disable_tqdm=not is_main_process(), dataloader_num_workers=0,
+    )
+
+
+def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
+    from transformers import Trainer
+
+    collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing)
+    args = training_arguments(cfg, plan, bool(eval_rows))
+    return Trainer(model=model, args=args, data_collator=collator,
+                   train_dataset=ds.RowDataset(train_rows),
+                   eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
+                   callbacks=callbacks or [])
+
+
+def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
+    """Run LoRA SFT for a recipe; returns the finished adapter folder, model and metrics."""
+    cfg.validate()
+    started = time.time()
+    plan = plan_output(cfg)
+    model_cfg = read_config(cfg.model)
+    family = family_for_config(model_cfg, cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
+    template_name = cfg.template or family.default_template(model_cfg)
+    template = get_template(template_name)
+    say(f"model: {cfg.model} (family {family.name}, template {template_name})")
+    convs, data_summary = load_data(cfg)
+    train_convs, eval_convs = split_eval(convs, cfg.eval_ratio, cfg.seed)
+    train_rows, stats = build_rows(train_convs, template, tokenizer, cfg, family)
+    eval_rows = build_rows(eval_convs, template, tokenizer, cfg, family)[0] if eval_convs else []
+    data_summary.update(train_samples=stats.samples, eval_samples=len(eval_convs),
+                        truncated=stats.truncated, dropped_no_labels=stats.dropped_no_labels,
+                        label_tokens=stats.label_tokens, tokens=stats.tokens, rows=len(train_rows))
+    say(f"data: {stats.samples} training samples -> {len(train_rows)} rows"
+        f"{' (packed)' if cfg.packing else ''}, {stats.label_tokens} response tokens, "
+        f"{stats.truncated} truncated at cutoff_len={cfg.cutoff_len}, {len(eval_convs)} held out")
+    model, resized = build_model(cfg, family, tokenizer)
+    trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
+    if plan.resume_from:
+        say(f"resuming from {plan.resume_from}")
+    result = trainer.train(resume_from_checkpoint=plan.resume_from)
+    metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+               "seconds": round(time.time() - started, 1)}
+    if eval_rows:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
+            "family": family.name, "template": template_name, "train_on": cfg.train_on,
+            "resized_vocab": resized, "train_args": cfg.to_dict(), "data_summary": data_summary,
+            "metrics": metrics, "generation": {"max_new_tokens": cfg.max_new_tokens}}
+    finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints)
+    say(f"done: {metrics}. Adapter: {plan.output}")
+    return TrainResult(plan.output, trainer.model, metrics)
+
+
+def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
+    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it."""
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(plan.partial))
+        if save_tokenizer:
+            tokenizer.save_pretrained(str(plan.partial))
+        write_adapter_meta(plan.partial, meta)
+        history = trainer.state.log_history
+        (plan.partial / "train_log.jsonl").write_text(
+            "".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+        plot_loss(history, plan.partial / "loss.png")
+        if not keep:  # checkpoints only serve resume; the adapter is in the folder root
+            for ck in plan.partial.glob("checkpoint-*"):
+                shutil.rmtree(ck)
+        if plan.output.exists():  # overwrite=true was checked in plan_output
+            shutil.rmtree(plan.output)
+        replace_dir(plan.partial, plan.output)
+    trainer.accelerator.wait_for_everyone()
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
