@@ -1,0 +1,1 @@
+"""Inference: one base model, many LoRA adapters (chat, predict, serve, webui)."""
