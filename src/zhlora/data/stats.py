@@ -1,0 +1,74 @@
+"""Numbers `zhlora data check` prints: turns per conversation and token lengths."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+
+from zhlora.data.conversation import Conversation
+from zhlora.templates import IGNORE_INDEX
+
+
+def turns(conv: Conversation) -> int:
+    """Rounds in a conversation: the number of user messages."""
+    return sum(m.role == "user" for m in conv.messages)
+
+
+def turn_histogram(convs: list[Conversation]) -> dict[int, int]:
+    """{turns: conversations}, sorted by turns."""
+    return dict(sorted(Counter(map(turns, convs)).items()))
+
+
+@dataclass
+class TokenStats:
+    cutoff_len: int
+    lengths: list[int] = field(default_factory=list)   # full tokens per record (no cutoff)
+    truncated: list[str] = field(default_factory=list)  # origins of records longer than cutoff
+    untrained: list[str] = field(default_factory=list)  # origins left with no trained token
+    trained_tokens: int = 0                             # label tokens after cutoff
+
+    def summary(self) -> str:
+        s = sorted(self.lengths)
+        p95 = s[min(len(s) - 1, int(0.95 * len(s)))]
+        return (f"min {s[0]}  median {statistics.median(s):g}  mean {statistics.fmean(s):.1f}  "
+                f"p95 {p95}  max {s[-1]}  total {sum(s)}")
+
+
+def token_stats(convs: list[Conversation], tokenizer, template, cutoff_len: int,
+                train_on: str = "all", progress: bool | None = None) -> TokenStats:
+    """Encode every conversation with `template` (a ChatTemplate) and count tokens."""
+    from tqdm import tqdm
+
+    stats = TokenStats(cutoff_len)
+    disable = None if progress is None else not progress  # None: hidden when not a TTY
+    for conv in tqdm(convs, desc="tokenizing", unit="rec", disable=disable, leave=False):
+        enc = template.encode(conv, tokenizer, cutoff_len=None, train_on=train_on)
+        stats.lengths.append(len(enc))
+        if len(enc) > cutoff_len:
+            stats.truncated.append(conv.origin)
+            enc = template.encode(conv, tokenizer, cutoff_len=cutoff_len, train_on=train_on)
+        trained = sum(t != IGNORE_INDEX for t in enc.labels)
+        stats.trained_tokens += trained
+        if trained == 0:
+            stats.untrained.append(conv.origin)
+    return stats
+
+
+def length_histogram(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """Power-of-two buckets (lo, hi, count) with lo <= length <= hi, from the shortest
+    record's bucket to the longest's (empty buckets in between are kept)."""
+    def bucket(n: int) -> int:  # smallest k with n <= 2**k (k >= 4: first bucket is 1..16)
+        return max(4, (max(n, 1) - 1).bit_length())
+
+    counts = Counter(map(bucket, lengths))
+    lo_k, hi_k = min(counts), max(counts)
+    return [(1 if k == 4 else 2 ** (k - 1) + 1, 2 ** k, counts.get(k, 0)) for k in range(lo_k, hi_k + 1)]
+
+
+def bars(rows: list[tuple[str, int]], width: int = 40) -> list[str]:
+    """Text histogram lines: label, count, a bar scaled to the largest count."""
+    top = max((n for _, n in rows), default=0) or 1
+    lw = max(len(label) for label, _ in rows)
+    nw = len(str(top))
+    return [f"{label:>{lw}}  {n:>{nw}}  {'#' * max(1 if n else 0, round(width * n / top))}"
+            for label, n in rows]
