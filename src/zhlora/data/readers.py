@@ -107,8 +107,8 @@ def build(turns: list[Turn], system: str = "") -> Conversation:
             continue
         want = ROLES[len(msgs) % 2]
         if role != want:
-            found = "an assistant" if role == "assistant" else "a user"
-            raise RecordError(f"{where}: expected a {want} turn here, found {found} turn "
+            article = {"user": "a user", "assistant": "an assistant"}
+            raise RecordError(f"{where}: expected {article[want]} turn here, found {article[role]} turn "
                               "(turns must alternate user, assistant, user, ...)")
         if not text.strip():
             raise RecordError(f"{where} is empty" + (" (an empty reply)" if role == "assistant" else ""))

@@ -64,7 +64,7 @@ def _jsonl(path: Path, progress: bool | None) -> Iterator[RawRecord]:
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.rstrip(b"\r\n").decode("utf-8")  # so error columns stay on this line
             except UnicodeDecodeError as e:
                 where = f"at byte {e.start + 1} of the line"
                 yield RawRecord(lineno, problem=_utf8_problem(raw, e.start, where))
