@@ -1,0 +1,171 @@
+"""Streaming LoRA merge: base shard by shard, tensor by tensor, adapters in the given order.
+
+For each base tensor W (out, in), every adapter that touches it is applied in order, in fp32:
+
+    W = saved_copy                       if the adapter trained the module whole (modules_to_save)
+    W += scale * B @ A                   LoRA on a Linear; (B @ A).T for fan_in_fan_out / Embedding
+    scale = lora_alpha / r               (lora_alpha / sqrt(r) with use_rslora)
+
+fp32 because on CPU fp16/bf16 matmuls are slow and each rounding of an intermediate would
+add error; the result is rounded once to the output dtype. Memory held: the tensor being
+merged, its fp32 copy and the two small factors -- never the whole model.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zhlora.errors import ZhloraError
+from zhlora.families import fingerprint
+from zhlora.merge.adapters import Adapter, load_adapter
+from zhlora.merge.base import open_base
+from zhlora.merge.plan import MergePlan, OutTensor, make_plan
+from zhlora.merge.writer import StreamingShardWriter
+from zhlora.outputs import atomic_output_dir
+
+MERGE_META = "zhlora_merged.json"
+TOKENIZER_FILES = ("tokenizer.model", "ice_text.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                   "vocab.txt", "chat_template.jinja", "chat_template.json", "qwen.tiktoken")
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    shards: int
+    tensors: int
+    merged_tensors: int
+    dtype: torch.dtype
+    vocab_rows: int | None
+
+
+def merge_adapters(base_dir, adapter_dirs, output, dtype: torch.dtype | None = None,
+                   max_shard_bytes: int = 2 * 10**9, overwrite: bool = False, allow_bin: bool = False,
+                   check_fingerprint: bool = True, progress: bool = True) -> MergeResult:
+    """Merge LoRA adapters (applied in order) into the base; write a Hugging Face folder.
+
+    Everything is checked before writing; a failure (or NaN/Inf in a merged tensor) leaves no
+    output folder behind.
+    """
+    base = open_base(base_dir, allow_bin)
+    adapters = [load_adapter(a, allow_bin) for a in adapter_dirs]
+    plan = make_plan(base, adapters, dtype, max_shard_bytes, check_fingerprint)
+    with atomic_output_dir(output, overwrite) as tmp:
+        write_weights(plan, tmp, progress)
+        write_side_files(plan, tmp)
+    merged = sum(1 for t in plan.tensors if t.ops)
+    return MergeResult(Path(output), len(plan.shards), len(plan.tensors), merged, plan.dtype, plan.vocab_rows)
+
+
+def write_weights(plan: MergePlan, out: Path, progress: bool = True) -> None:
+    """Read each base shard once, merge its tensors, append them to the output shards."""
+    from tqdm.auto import tqdm
+
+    names = plan.shard_names
+    where = {t.name: i for i, shard in enumerate(plan.shards) for t in shard}
+    writer, current = None, -1
+    bar = tqdm(total=len(plan.tensors), unit="tensor", desc="merge", disable=not progress)
+    by_file: dict[Path, list[OutTensor]] = {}
+    for t in plan.tensors:
+        by_file.setdefault(t.src.file, []).append(t)
+    try:
+        for file, tensors in by_file.items():
+            bar.set_postfix_str(file.name)
+            with plan.base.open_file(file) as get:
+                for t in tensors:
+                    if where[t.name] != current:
+                        if writer:
+                            writer.close()
+                        current = where[t.name]
+                        writer = StreamingShardWriter(out / names[current], [(x.name, x.dtype, x.shape)
+                                                                             for x in plan.shards[current]])
+                    writer.write(t.name, merge_tensor(get(t.name), t, plan.adapters))
+                    bar.update(1)
+        if writer:
+            writer.close()
+    finally:
+        bar.close()
+        if writer and not writer.f.closed:
+            writer.f.close()
+    if len(names) > 1:
+        total = sum(t.nbytes for t in plan.tensors)
+        index = {"metadata": {"total_size": total}, "weight_map": {n: names[i] for n, i in where.items()}}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
+def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torch.Tensor:
+    """Apply t.ops to the base tensor w (fp32 math); check the result is finite."""
+    if t.ops:
+        w = w.to(torch.float32, copy=True)
+    for op in t.ops:
+        ad = adapters[op.adapter]
+        if op.replace_key:
+            w = ad.tensor(op.replace_key).to(torch.float32, copy=True)
+            continue
+        p = op.pair
+        a = ad.tensor(p.a_key).to(torch.float32)  # (r, in)
+        b = ad.tensor(p.b_key).to(torch.float32)  # (out, r)
+        if p.kind == "embedding" or p.fan_in_fan_out:
+            w.addmm_(a.T, b.T, alpha=p.scale)     # (B @ A).T = A.T @ B.T
+        else:
+            w.addmm_(b, a, alpha=p.scale)
+    out = w.to(t.dtype)
+    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        src = ", ".join(str(adapters[op.adapter].folder) for op in t.ops) or "the base itself"
+        bad = int((~torch.isfinite(out)).sum())
+        raise ZhloraError(f"merged tensor {t.name} {list(t.shape)} has {bad} NaN/Inf value(s) in {t.dtype} "
+                          f"(from {src}); nothing was written. Check the adapter for diverged training, "
+                          "or merge to --dtype float32/bfloat16 if float16 overflowed")
+    return out
+
+
+def write_side_files(plan: MergePlan, out: Path) -> None:
+    """config.json, generation_config.json, tokenizer files and the merge record."""
+    cfg = dict(plan.base.config)
+    if plan.vocab_changed and plan.vocab_rows:
+        for key in ("vocab_size", "padded_vocab_size"):
+            if key in cfg or key == "vocab_size":
+                cfg[key] = plan.vocab_rows
+    dtype_name = str(plan.dtype).removeprefix("torch.")
+    cfg["dtype"] = cfg["torch_dtype"] = dtype_name
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+    gen = plan.base.folder / "generation_config.json"
+    if gen.is_file():
+        shutil.copy2(gen, out / gen.name)
+    for name in TOKENIZER_FILES:     # never *.py: no remote code travels with the model
+        if (plan.tokenizer_dir / name).is_file():
+            shutil.copy2(plan.tokenizer_dir / name, out / name)
+    (out / MERGE_META).write_text(json.dumps(_merge_record(plan), indent=2, ensure_ascii=False, default=str),
+                                  encoding="utf-8")
+
+
+def _merge_record(plan: MergePlan) -> dict:
+    last = next((a.meta for a in reversed(plan.adapters) if a.meta), {})
+    return {"base_model": str(plan.base.folder.resolve()), "base_fingerprint": fingerprint(plan.base.folder),
+            "adapters": [{"path": str(a.folder.resolve()), "base_fingerprint": a.meta.get("base_fingerprint")}
+                         for a in plan.adapters],
+            "dtype": str(plan.dtype).removeprefix("torch."), "tokenizer_from": str(plan.tokenizer_dir),
+            "family": last.get("family"), "template": last.get("template"),
+            "generation": last.get("generation")}
+
+
+def parse_size(text: str | int) -> int:
+    """'2GB' -> 2e9, '500MiB' -> 500*2**20, '1000' -> 1000 bytes."""
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for unit, mult in units.items():
+        if s.endswith(unit):
+            try:
+                return int(float(s[: -len(unit)]) * mult)
+            except ValueError:
+                break
+    try:
+        return int(s)
+    except ValueError:
+        raise ZhloraError(f"--max-shard-size {text!r}: use a size like 2GB, 500MB or 1GiB") from None
