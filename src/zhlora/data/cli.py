@@ -43,9 +43,10 @@ def register(subparsers) -> None:
 
 # -- convert -------------------------------------------------------------------------------
 def run_convert(args: argparse.Namespace) -> int:
-    out = check_output_free(args.output, args.overwrite)
+    out = Path(args.output)
     if out.is_dir():
         raise ZhloraError(f"output {out} is a folder; give a file name such as {out / 'data.jsonl'}")
+    check_output_free(out, args.overwrite)
     result = read_conversations(args.files, args.format, skip_bad=args.skip_bad)
     for path, fmt in result.formats.items():
         how = "detected" if args.format == "auto" else "given"
