@@ -6,6 +6,7 @@ does not give them: an adapter folder describes itself (`zhlora_adapter.json`).
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,18 +98,23 @@ def _resize_for_adapters(model, metas: dict) -> None:
 
 
 def _plug_adapters(model, metas: dict):
-    if not metas:
-        return model
-    from peft import PeftModel
-
+    """Wrap the base with PEFT: the first adapter creates the PeftModel, the others join it."""
     peft_model = None
     for name, (path, _) in metas.items():
-        try:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=False)
-            else:
-                peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ZhloraError(f"adapter {name!r} at {path} does not fit the base model: {e}. "
-                              "Check that --model is the base it was trained on") from None
-    return peft_model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT calls deprecated HF names
+            peft_model = _load_one(peft_model, model, name, path)
+    return peft_model or model
+
+
+def _load_one(peft_model, base, name: str, path: Path):
+    from peft import PeftModel
+
+    try:
+        if peft_model is None:
+            return PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=False)
+        peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        return peft_model
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ZhloraError(f"adapter {name!r} at {path} does not fit the base model: {e}. "
+                          "Check that --model is the base it was trained on") from None

@@ -104,6 +104,7 @@ class TokenStream:
         self.prompt_tokens = prompt_tokens
         self.cancel = cancel or threading.Event()
         self.completion: Completion | None = None
+        self.on_finish = None  # optional callback(completion), run in the generation thread
         self._queue: queue.Queue = queue.Queue()
         self._ids: list[int] = []
         self._emitted = ""
@@ -130,6 +131,8 @@ class TokenStream:
     # -- called by the engine -------------------------------------------------------
     def finish(self, completion: Completion) -> None:
         self.completion = completion
+        if self.on_finish is not None:
+            self.on_finish(completion)
         if completion.text.startswith(self._emitted) and len(completion.text) > len(self._emitted):
             self._queue.put(completion.text[len(self._emitted):])
         self._queue.put(_DONE)
