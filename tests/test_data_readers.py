@@ -163,3 +163,18 @@ def test_data_bundled_samples():
     assert chat.formats[str(d / "zh_chat_sample.json")] == "sharegpt"
     assert chat.conversations[0].system == "你是一个耐心、简洁的中文助手。"
     assert chat.conversations[0].messages[0] == Message("user", "帮我想一个周末的活动。")
+
+
+def test_data_docs_examples_parse(tmp_path):
+    """Every JSON example record in docs/data.md reads without problems, in the format named
+    in the paragraph above it."""
+    import re
+
+    doc = (ROOT / "docs" / "data.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"\*\*(\w+)\*\* —.*?```json\n(.*?)```", doc, flags=re.S)
+    assert [name for name, _ in blocks] == ["alpaca", "sharegpt", "firefly", "openai", "zhlora"]
+    for name, body in blocks:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(body, encoding="utf-8")
+        res = read_conversations(path)
+        assert res.formats[str(path)] == name and res.records == len(body.strip().splitlines())

@@ -11,6 +11,8 @@ from zhlora.errors import ZhloraError
 from zhlora.outputs import atomic_write_text, check_output_free
 
 FORMAT_CHOICES = ["auto", *FORMATS, *ALIASES]
+FORMAT_HELP = f"one of {', '.join(FORMAT_CHOICES)} (default: auto, detected per file)"
+SHOW_SKIPPED = 20
 
 
 def register(subparsers) -> None:
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
                        description="Report per file: format, records, turns, token lengths "
                                    "(with --model) and every problem. Exit 1 when problems exist.")
     c.add_argument("files", nargs="+", metavar="FILE")
-    c.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    c.add_argument("--format", default="auto", choices=FORMAT_CHOICES, metavar="FORMAT", help=FORMAT_HELP)
     c.add_argument("--model", metavar="DIR", help="HF model folder: adds a token-length histogram")
     c.add_argument("--template", help="chat template (default: the model family's)")
     c.add_argument("--cutoff-len", type=int, default=1024, help="count records longer than this")
@@ -35,7 +37,7 @@ def register(subparsers) -> None:
                        description="Read data files in any supported format and write zhlora JSONL.")
     v.add_argument("files", nargs="+", metavar="IN")
     v.add_argument("-o", "--output", required=True, metavar="OUT.jsonl")
-    v.add_argument("--format", default="auto", choices=FORMAT_CHOICES)
+    v.add_argument("--format", default="auto", choices=FORMAT_CHOICES, metavar="FORMAT", help=FORMAT_HELP)
     v.add_argument("--skip-bad", action="store_true", help="drop bad records instead of failing")
     v.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     v.set_defaults(func=run_convert)
@@ -53,8 +55,10 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"{path}: format {fmt} ({how})")
     lines = [json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in result.conversations]
     atomic_write_text(out, "".join(lines))
-    for p in result.problems:
+    for p in result.problems[:SHOW_SKIPPED]:
         print(f"  skipped {p}")
+    if len(result.problems) > SHOW_SKIPPED:
+        print(f"  ... and {len(result.problems) - SHOW_SKIPPED} more (`zhlora data check` lists all)")
     print(f"wrote {len(lines)} conversation(s) to {out}"
           + (f"; skipped {result.skipped} bad record(s)" if result.skipped else ""))
     return 0
