@@ -363,7 +363,7 @@ def detect_format(path: str | Path) -> str:
         raise ZhloraError(f"{path}: no such file; check the path")
     with open(path, "rb") as f:
         head = f.read(8192).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
-    first = next((ln for ln in head.splitlines() if ln.strip()), "")
+    first = next((ln for ln in head.splitlines() if ln.strip() and not ln.startswith("#")), "")
     stripped = head.lstrip()
     if first.startswith("S ") or path.suffix.lower() == ".m2" or ".m2" in path.name.lower():
         return "m2"
