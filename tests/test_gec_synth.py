@@ -124,23 +124,24 @@ def test_mix_parsing_and_bad_config():
     assert set(ERROR_TYPES) == set(SynthConfig().mix)
 
 
-def _run_cli(args, hashseed: str):
+def _synth_in_subprocess(out: Path, hashseed: str) -> None:
+    code = ("import sys; from zhlora.gec.synth import SynthConfig, run_synth; "
+            "run_synth(sys.argv[1], sys.argv[2], SynthConfig(seed=5))")
     env = {**os.environ, "PYTHONHASHSEED": hashseed, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "zhlora", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, str(CLEAN), str(out)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
 
 
-def test_cli_same_seed_same_bytes_across_hash_seeds(tmp_path):
+def test_same_seed_same_bytes_across_hash_seeds(tmp_path):
     outs = []
     for i, hs in enumerate(("1", "2")):
-        out = tmp_path / f"p{i}.jsonl"
-        r = _run_cli(["gec", "synth", "--input", str(CLEAN), "--output", str(out), "--seed", "5"], hs)
-        assert r.returncode == 0, r.stderr
-        outs.append(out.read_bytes())
+        _synth_in_subprocess(tmp_path / f"p{i}.jsonl", hs)
+        outs.append((tmp_path / f"p{i}.jsonl").read_bytes())
     assert outs[0] == outs[1]
     recs = [json.loads(x) for x in outs[0].decode().splitlines()]
     assert len(recs) == 30 and {r["instruction"] for r in recs} == {GEC_INSTRUCTION}
-    assert "corrupted" in r.stdout and "edits:" in r.stdout
+    assert sum(r["input"] != r["output"] for r in recs) >= 15
 
 
 def test_cli_para_output_seed_changes_output_and_errors(tmp_path, capsys):
@@ -155,6 +156,10 @@ def test_cli_para_output_seed_changes_output_and_errors(tmp_path, capsys):
     capsys.readouterr()
     assert zmain(["gec", "synth", "--input", str(CLEAN), "--output", str(a)]) == 2
     assert "already exists" in capsys.readouterr().err
+    assert zmain(["gec", "synth", "--input", str(CLEAN), "--output", str(a), "--overwrite",
+                  "--seed", "1", "--format", "para"]) == 0
+    out = capsys.readouterr().out
+    assert "corrupted" in out and "edits:" in out and "confusion set:" in out
     assert zmain(["gec", "synth", "--input", str(CLEAN), "--output", str(tmp_path / "c"),
                   "--mix", "bogus=1"]) == 2
     err = capsys.readouterr().err
