@@ -133,9 +133,9 @@ def test_data_json_list_malformed_stops_with_line(tmp_path):
 
 def test_data_pretty_printed_object_is_explained(tmp_path):
     path = tmp_path / "d.json"
-    path.write_text(json.dumps({"data": [GOOD]}, indent=2), encoding="utf-8")
+    path.write_text("\n" + json.dumps({"data": [GOOD]}, indent=2), encoding="utf-8")
     fr = read_file(path)
-    assert fr.problems == [f"{path}:1: the file is one JSON object (keys 'data'), not a list of records; "
+    assert fr.problems == [f"{path}:2: the file is one JSON object (keys 'data'), not a list of records; "
                            "write the records as a JSON list [{...}, {...}] or one record per line (JSONL)"]
 
 
@@ -223,3 +223,10 @@ def test_data_convert_cli_bad_input_is_a_message(tmp_path, capsys):
     assert f"{bad}:2: missing key 'output'" in err and not out.exists()
     with pytest.raises(SystemExit):  # argparse refuses an unknown --format with its usage line
         main(["data", "check", str(bad), "--format", "nope"])
+
+
+def test_data_deeply_nested_json_is_a_problem(tmp_path):
+    path = jsonl(tmp_path / "d.jsonl", [GOOD, "[" * 100000 + "]" * 100000, GOOD])
+    fr = read_file(path)
+    assert fr.problems == [f"{path}:2: JSON nested too deeply to read"]
+    assert len(fr.conversations) == 2

@@ -324,8 +324,7 @@ def read_conversations(paths, format: str = "auto", skip_bad: bool = False,
     Raises `DataError` listing every problem unless `skip_bad`, which drops bad records
     (counted in `skipped`). Raises as well when no usable conversation is left.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ZhloraError("no data files given")
     out = ReadResult([], {}, [])

@@ -56,6 +56,7 @@ def _bar(path: Path, total: int, progress: bool | None, unit: str):
 
 
 def _jsonl(path: Path, progress: bool | None) -> Iterator[RawRecord]:
+    first = True
     with open(path, "rb") as f, _bar(path, path.stat().st_size, progress, "B") as bar:
         for lineno, raw in enumerate(f, 1):
             bar.update(len(raw))
@@ -63,21 +64,28 @@ def _jsonl(path: Path, progress: bool | None) -> Iterator[RawRecord]:
                 raw = raw.removeprefix(_BOM)
             if not raw.strip():
                 continue
-            try:
-                text = raw.rstrip(b"\r\n").decode("utf-8")  # so error columns stay on this line
-            except UnicodeDecodeError as e:
-                where = f"at byte {e.start + 1} of the line"
-                yield RawRecord(lineno, problem=_utf8_problem(raw, e.start, where))
-                continue
-            try:
-                yield RawRecord(lineno, json.loads(text))
-            except json.JSONDecodeError as e:
-                whole = _whole_object(path) if lineno == 1 else None
+            rec = _parse_line(raw, lineno)
+            if first and rec.problem.startswith("malformed JSON"):
+                whole = _whole_object(path)  # a pretty-printed object fails on its first line
                 if whole:
-                    yield RawRecord(1, problem=whole)
+                    yield RawRecord(lineno, problem=whole)
                     return
-                yield RawRecord(lineno, problem=f"malformed JSON: {e.msg} (column {e.colno}); "
-                                                "each JSONL line must hold one complete record")
+            first = False
+            yield rec
+
+
+def _parse_line(raw: bytes, lineno: int) -> RawRecord:
+    try:
+        text = raw.rstrip(b"\r\n").decode("utf-8")  # so error columns stay on this line
+    except UnicodeDecodeError as e:
+        return RawRecord(lineno, problem=_utf8_problem(raw, e.start, f"at byte {e.start + 1} of the line"))
+    try:
+        return RawRecord(lineno, json.loads(text))
+    except RecursionError:
+        return RawRecord(lineno, problem="JSON nested too deeply to read")
+    except json.JSONDecodeError as e:
+        return RawRecord(lineno, problem=f"malformed JSON: {e.msg} (column {e.colno}); "
+                                         "each JSONL line must hold one complete record")
 
 
 def _whole_object(path: Path) -> str | None:
@@ -86,7 +94,7 @@ def _whole_object(path: Path) -> str | None:
         return None
     try:
         value = json.loads(path.read_bytes().removeprefix(_BOM).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(value, dict):
         return None
@@ -128,6 +136,10 @@ def _json_list(path: Path, progress: bool | None) -> Iterator[RawRecord]:
             except json.JSONDecodeError as e:
                 yield RawRecord(e.lineno, problem=f"malformed JSON: {e.msg} (column {e.colno}); "
                                                   "the records after this point were not read")
+                return
+            except RecursionError:
+                yield RawRecord(text.count("\n", 0, pos) + 1, problem="JSON nested too deeply to "
+                                "read; the records after this point were not read")
                 return
             line += text.count("\n", counted, pos)
             counted = pos
