@@ -323,6 +323,7 @@ def read_conversations(paths, format: str = "auto", skip_bad: bool = False,
     paths: one path or a list. format: "auto" (per file) or a name in FORMATS/ALIASES.
     Raises `DataError` listing every problem unless `skip_bad`, which drops bad records
     (counted in `skipped`). Raises as well when no usable conversation is left.
+    progress: None shows a tqdm bar for big files (>= 8 MiB) on a terminal; True/False force it.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
