@@ -1,0 +1,156 @@
+"""Pieces shared by the ChatGLM-6B (v1) and ChatGLM2/3/GLM-4 (v2) modeling code.
+
+Layout inside zhlora: activations are batch-first `(B, T, C)`; attention tensors are
+`(B, heads, T, head_dim)`; the KV cache is transformers' `DynamicCache` holding the real
+tokens only. A P-Tuning v2 prefix is kept apart from the cache and put in front of the keys
+and values in each layer, so cache lengths and positions never count virtual tokens.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+
+from zhlora.errors import ZhloraError
+from zhlora.models.chatglm.configuration import ChatGLMConfig, GLMSpec, glm_spec
+
+THUDM_ARCH = "ChatGLMForConditionalGeneration"
+
+
+class PrefixEncoder(nn.Module):
+    """P-Tuning v2: `pre_seq_len` virtual tokens -> a key/value prefix for every layer.
+
+    Same parameter names as THUDM's `transformer.prefix_encoder` (`embedding`, and with
+    `prefix_projection` the MLP `trans.0` / `trans.2`).
+    """
+
+    def __init__(self, spec: GLMSpec):
+        super().__init__()
+        self.spec = spec
+        kv_size = spec.num_layers * 2 * spec.kv_groups * spec.head_dim
+        if spec.prefix_projection:
+            inner = spec.prefix_hidden_size or spec.hidden_size
+            self.embedding = nn.Embedding(spec.pre_seq_len, spec.hidden_size)
+            self.trans = nn.Sequential(nn.Linear(spec.hidden_size, inner), nn.Tanh(),
+                                       nn.Linear(inner, kv_size))
+        else:
+            self.embedding = nn.Embedding(spec.pre_seq_len, kv_size)
+            self.trans = None
+
+    def forward(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """-> per layer (key, value), each `(B, kv_groups, pre_seq_len, head_dim)`."""
+        s = self.spec
+        tokens = torch.arange(s.pre_seq_len, device=self.embedding.weight.device)
+        kv = self.embedding(tokens)
+        if self.trans is not None:
+            kv = self.trans(kv)
+        # (P, L*2*G*D) -> (L*2, G, P, D), the order THUDM's get_prompt produces
+        kv = kv.view(s.pre_seq_len, s.num_layers * 2, s.kv_groups, s.head_dim).permute(1, 2, 0, 3)
+        kv = kv.to(dtype).unsqueeze(1).expand(-1, batch_size, -1, -1, -1)
+        return [(kv[2 * i], kv[2 * i + 1]) for i in range(s.num_layers)]
+
+
+def with_prefix(key, value, prefix):
+    """Put the P-Tuning prefix `(k, v)` (or None) in front of this layer's keys/values."""
+    if prefix is None:
+        return key, value
+    pk, pv = prefix
+    return torch.cat([pk.to(key.dtype), key], dim=2), torch.cat([pv.to(value.dtype), value], dim=2)
+
+
+def padding_allowed(attention_mask_2d, batch: int, key_len: int, device) -> torch.Tensor:
+    """2D mask (1 = real token) -> `(B, 1, 1, S)` bool, True = key may be attended."""
+    if attention_mask_2d is None:
+        return torch.ones(batch, 1, 1, key_len, dtype=torch.bool, device=device)
+    if attention_mask_2d.shape[-1] != key_len:
+        raise ZhloraError(f"attention_mask has {attention_mask_2d.shape[-1]} columns but the cache plus the "
+                          f"input hold {key_len} tokens; pass a mask that covers past and new tokens")
+    return attention_mask_2d.bool()[:, None, None, :]
+
+
+def never_empty(allowed: torch.Tensor) -> torch.Tensor:
+    """Rows that may attend nothing (left-padding queries) attend everything instead, like
+    THUDM's `get_masks` does for pad rows; their outputs are never used."""
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    return allowed | empty
+
+
+def prepend_prefix(allowed: torch.Tensor, pre_seq_len: int | None) -> torch.Tensor:
+    if not pre_seq_len:
+        return allowed
+    ones = allowed.new_ones(*allowed.shape[:-1], pre_seq_len)
+    return torch.cat([ones, allowed], dim=-1)
+
+
+def mask_from_4d(mask: torch.Tensor) -> torch.Tensor:
+    """A 4D mask passed in (packing): bool or 0/1 -> True = may attend; a float additive mask
+    (0 = attend, large negative = masked) is accepted too."""
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point() and bool((mask < 0).any()):
+        return mask == 0
+    return mask != 0
+
+
+class ChatGLMPreTrainedModel(PreTrainedModel):
+    config_class = ChatGLMConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq", r"rotary_pos_emb\.inv_freq"]
+
+    @property
+    def spec(self) -> GLMSpec:
+        return glm_spec(self.config)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save in THUDM's layout: same key names, and a config.json their code reads
+        (`architectures` = ChatGLMForConditionalGeneration, `torch_dtype`, `auto_map` kept)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / "config.json"
+        if path.is_file():
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            cfg["architectures"] = [THUDM_ARCH]
+            if cfg.get("dtype") is not None:
+                cfg["torch_dtype"] = cfg["dtype"]
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class ChatGLMLMBase(ChatGLMPreTrainedModel, GenerationMixin):
+    """Shared loss for both generations: standard next-token shift, labels -100 ignored."""
+
+    def _loss(self, logits, labels, **kwargs):
+        if labels is None:
+            return None
+        return self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+
+
+def _model_class_for(config):
+    from zhlora.models.chatglm.modeling_v1 import ChatGLM6BForConditionalGeneration
+    from zhlora.models.chatglm.modeling_v2 import ChatGLM2ForConditionalGeneration
+
+    return ChatGLM6BForConditionalGeneration if glm_spec(config).version == 1 else ChatGLM2ForConditionalGeneration
+
+
+class ChatGLMForConditionalGeneration:
+    """What transformers' Auto classes hold for model_type "chatglm": it picks the
+    generation-specific class (ChatGLM-6B or ChatGLM2/3/GLM-4) from the config."""
+
+    config_class = ChatGLMConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
+        if config is None:
+            config = ChatGLMConfig.from_pretrained(pretrained_model_name_or_path,
+                                                   local_files_only=kwargs.get("local_files_only", False))
+        return _model_class_for(config).from_pretrained(pretrained_model_name_or_path, *args,
+                                                        config=config, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        return _model_class_for(config)._from_config(config, **kwargs)
+
+    from_config = _from_config
