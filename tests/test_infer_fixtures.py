@@ -81,20 +81,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120.0) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 180.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"server at {url} not ready after {timeout}s")
+    raise TimeoutError(f"server at {url} not ready after {timeout}s: {log.read_text()[-3000:]}")
 
 
 def read_jsonl(path: Path) -> list[dict]:
