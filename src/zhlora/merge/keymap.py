@@ -16,7 +16,8 @@ OUTPUT_HEADS = ("lm_head", "output_layer", "embed_out")
 
 
 class KeyMap:
-    """Resolve `<module>.<param>` to a base tensor name by exact name or unique dotted suffix."""
+    """Resolve `<module>.<param>` to a base tensor name by exact name or unique dotted suffix
+    (leading components may be dropped, never a layer index)."""
 
     def __init__(self, base_names, config: dict):
         self.names = set(base_names)
@@ -34,6 +35,8 @@ class KeyMap:
             return target
         parts = target.split(".")
         for i in range(len(parts) - 1):
+            if any(p.isdigit() for p in parts[:i]):
+                break                                 # never drop a layer index
             hits = self.by_suffix.get(".".join(parts[i:]), [])
             if len(hits) == 1:
                 return hits[0]
