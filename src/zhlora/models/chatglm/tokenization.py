@@ -81,9 +81,9 @@ class ChatGLM6BTokenizer(ChatGLMTokenizer):
         self.vocab_file = vocab_file
         self.sp = spm.SentencePieceProcessor(model_file=str(vocab_file))
         self.num_image_tokens = int(num_image_tokens or 0)
-        self.gmask_token, self.end_token = gmask_token, end_token
+        self.gmask_token, self.end_token = str(gmask_token), str(end_token)
         for piece in (gmask_token, bos_token, eos_token):
-            if self.sp.piece_to_id(piece) == self.sp.unk_id():
+            if self.sp.piece_to_id(str(piece)) == self.sp.unk_id():
                 raise ZhloraError(f"{vocab_file}: the SentencePiece model has no piece {piece!r}; "
                                   "this is not ChatGLM-6B's ice_text.model")
         kwargs.pop("model_specific_special_tokens", None)
@@ -116,7 +116,7 @@ class ChatGLM6BTokenizer(ChatGLMTokenizer):
         return self.sp.encode(self.preprocess(text), out_type=str)
 
     def _convert_token_to_id(self, token):
-        return self.sp.piece_to_id(token) + self.num_image_tokens
+        return self.sp.piece_to_id(str(token)) + self.num_image_tokens
 
     def _convert_id_to_token(self, index):
         if index < self.num_image_tokens:
