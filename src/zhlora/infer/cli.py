@@ -33,6 +33,8 @@ def register(sub) -> None:
     p.add_argument("--max-concurrency", type=int, default=4)
     p.add_argument("--max-tokens-cap", type=int, default=2048, help="largest max_tokens a request may ask")
     p.add_argument("--served-model-name", default="base", help="model id of the base (adapters: NAME:ADAPTER)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="most prompts of concurrent requests (same adapter and options) run as one batch")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("webui", help="gradio chat page (needs the optional extra: pip install 'zhlora[webui]')")
@@ -118,7 +120,7 @@ def cmd_serve(args) -> int:
         raise ZhloraError("--max-concurrency and --max-tokens-cap must be >= 1")
     engine = _engine(args, parse_adapters(args.adapter))
     serve(engine, ServeConfig(args.host, args.port, args.api_key, args.max_concurrency,
-                              args.max_tokens_cap, args.served_model_name))
+                              args.max_tokens_cap, args.served_model_name, args.max_batch))
     return 0
 
 

@@ -3,8 +3,9 @@
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with
 `stream`), GET /health. The request's `model` picks the adapter: `base` is the base model,
 `base:NAME` (or just `NAME`) the adapter NAME. At most `max_concurrency` requests generate
-or wait for the engine at once (the engine runs one generation at a time, so requests for
-different adapters never mix); a streaming client that disconnects frees its slot and its
+or wait for the engine at once. The engine runs one generation at a time, so requests for
+different adapters never mix; waiting non-streaming requests with the same adapter and
+options are generated together as one batch (`batching.py`). A streaming client that disconnects frees its slot and its
 generation stops at the next token.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from zhlora.errors import ZhloraError
 from zhlora.infer import openai_api as oa
+from zhlora.infer.batching import RequestBatcher
 from zhlora.infer.engine import Engine
 
 
@@ -33,6 +35,7 @@ class ServeConfig:
     max_concurrency: int = 4
     max_tokens_cap: int = 2048
     base_name: str = "base"
+    max_batch: int = 8           # concurrent non-streaming requests generated as one batch
 
 
 @dataclass
@@ -62,7 +65,8 @@ def model_table(engine: Engine, base_name: str) -> dict[str, str | None]:
 def create_app(engine: Engine, cfg: ServeConfig):
     app = FastAPI(title="zhlora", docs_url=None, redoc_url=None)
     models = model_table(engine, cfg.base_name)
-    state = _State(engine, cfg, models, asyncio.Semaphore(cfg.max_concurrency), ServerStats())
+    state = _State(engine, cfg, models, asyncio.Semaphore(cfg.max_concurrency), ServerStats(),
+                   RequestBatcher(engine, cfg.max_batch))
     app.state.zhlora = state
 
     @app.middleware("http")
@@ -90,8 +94,9 @@ def create_app(engine: Engine, cfg: ServeConfig):
     @app.get("/health")
     async def health():
         s = state.stats
+        b = state.batcher
         return {"status": "ok", "active": s.active, "finished_streams": s.finished,
-                "cancelled_streams": s.cancelled}
+                "cancelled_streams": s.cancelled, "batches": b.batches_run, "batched_prompts": b.prompts_run}
 
     @app.get("/v1/models")
     async def list_models():
@@ -122,6 +127,7 @@ class _State:
     models: dict
     slots: asyncio.Semaphore
     stats: ServerStats
+    batcher: RequestBatcher
 
     async def handle(self, request, chat: bool):
         try:
@@ -154,13 +160,10 @@ class _State:
         return None if chat else [t for t in (tok.eos_token_id,) if t is not None]
 
     async def _complete(self, req, prompts, chat: bool):
-        from starlette.concurrency import run_in_threadpool
-
         async with self.slots:
             self.stats.active += 1
             try:
-                done = await run_in_threadpool(self.engine.complete, prompts, req.adapter, req.options,
-                                               len(prompts), False, self._stop_ids(req, chat))
+                done = await self.batcher.submit(prompts, req.adapter, req.options, self._stop_ids(req, chat))
             finally:
                 self.stats.active -= 1
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
