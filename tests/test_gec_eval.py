@@ -123,3 +123,25 @@ def test_eval_refuses_overwrite_and_test_sets_without_answers(eval_run, tiny_lla
     assert "no gold correction" in err and "Traceback" not in err
     assert zmain(["gec", "eval", "--data", str(test_set)]) == 2
     assert "needs --model, --adapter or both" in capsys.readouterr().err
+
+
+def test_eval_with_an_adapter_uses_it(tiny_llama, eval_run, tmp_path):
+    """`--adapter` alone: the base comes from the adapter's metadata and the LoRA is active."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from zhlora.runinfo import write_adapter_meta
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    cfg = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, cfg).save_pretrained(adapter)
+    write_adapter_meta(adapter, {"base_model": str(tiny_llama), "family": "llama", "template": "alpaca"})
+    out = tmp_path / "eval"
+    assert zmain(["gec", "eval", "--adapter", str(adapter), "--data", str(DATA / "eval5.tsv"),
+                  "--output", str(out), "--max-new-tokens", "16", "--batch-size", "2"]) == 0
+    raw = lambda d: [json.loads(x)["raw"] for x in (d / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]  # noqa: E731
+    assert raw(out) != raw(eval_run)
+    assert f"adapter: `{adapter}`" in (out / "report.md").read_text(encoding="utf-8")
