@@ -42,13 +42,14 @@ def build_char_tokenizer(texts=(), family: str = "llama", extra_chars: str = "")
 
 
 def tiny_config(family: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
-                kv_heads: int = 2, intermediate: int | None = None, max_pos: int = 512, tok=None):
+                kv_heads: int = 2, intermediate: int | None = None, max_pos: int = 512, tok=None,
+                init_range: float = 0.1):
     from transformers import AutoConfig
 
     common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv_heads,
                   intermediate_size=intermediate or hidden * 3, max_position_embeddings=max_pos,
-                  tie_word_embeddings=False)
+                  tie_word_embeddings=False, initializer_range=init_range)
     if tok is not None:
         common.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)

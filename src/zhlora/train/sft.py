@@ -99,11 +99,13 @@ def load_data(cfg: TrainConfig):
 
 
 def split_eval(convs: list, ratio: float, seed: int) -> tuple[list, list]:
-    if ratio <= 0:
+    if ratio <= 0 or len(convs) < 2:
+        if ratio > 0:
+            say(f"eval_ratio={ratio}: only {len(convs)} record(s), no eval split")
         return convs, []
     idx = list(range(len(convs)))
     random.Random(seed).shuffle(idx)
-    n_eval = max(1, int(round(len(convs) * ratio)))
+    n_eval = min(len(convs) - 1, max(1, int(round(len(convs) * ratio))))
     held = set(idx[:n_eval])
     return [c for i, c in enumerate(convs) if i not in held], [convs[i] for i in sorted(held)]
 
@@ -124,6 +126,9 @@ def build_rows(convs, template, tokenizer, cfg: TrainConfig, family: Family):
 
 
 def build_model(cfg: TrainConfig, family: Family, tokenizer):
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
     model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
     resized = resize_for_tokenizer(model, tokenizer)
     modules_to_save = list(cfg.modules_to_save or [])

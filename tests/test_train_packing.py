@@ -1,0 +1,71 @@
+"""Packing: the loss of a packed batch equals the token-weighted loss of the same samples
+run one by one (fp32, within 1e-5) -- and restarting positions alone is NOT enough."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from zhlora.data import Conversation
+from zhlora.models.loading import load_model, load_tokenizer
+from zhlora.templates import get_template
+from zhlora.train.dataset import Collator, encode_all, pack_rows, single_rows
+
+
+def summed_loss(logits, labels):
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="sum")
+
+
+def test_packed_loss_equals_one_by_one(tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    model = load_model(tiny_llama, dtype="float32").eval()
+    convs = [Conversation.from_pairs([("你好" * k, "世界" * (k + 1)), ("今天", "天气很好")][: 1 + k % 2])
+             for k in range(1, 8)]
+    enc, _ = encode_all(convs, get_template("alpaca"), tok, cutoff_len=256)
+    rows = pack_rows(enc, cutoff_len=max(len(e) for e in enc) * 2)
+    assert len(rows) < len(enc) and any(len(r.lengths) > 1 for r in rows)
+    batch = Collator(tok.pad_token_id, packed=True)(
+        [{"input_ids": r.input_ids, "labels": r.labels, "lengths": r.lengths} for r in rows])
+    assert batch["attention_mask"].shape == (len(rows), 1, batch["input_ids"].shape[1],
+                                             batch["input_ids"].shape[1])
+    n_labels = (batch["labels"][:, 1:] != -100).sum()
+    with torch.no_grad():
+        packed = summed_loss(model(**{k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits,
+                             batch["labels"]) / n_labels
+        total = sum(summed_loss(model(input_ids=torch.tensor([e.input_ids])).logits,
+                                torch.tensor([e.labels])) for e in enc)
+        count = sum(sum(1 for x in e.labels[1:] if x != -100) for e in enc)
+        single = total / count
+        # the model's own loss (labels passed) agrees as well
+        own = model(**batch).loss
+        leaky = summed_loss(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits,
+                            batch["labels"]) / n_labels
+    assert abs(packed.item() - single.item()) < 1e-5
+    assert abs(own.item() - single.item()) < 1e-5
+    assert abs(leaky.item() - single.item()) > 1e-5  # positions alone leak across samples
+
+
+def test_padded_batch_equals_one_by_one(tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    model = load_model(tiny_llama, dtype="float32").eval()
+    convs = [Conversation.from_pairs([("你好" * k, "世界" * k)]) for k in (1, 3, 6)]
+    enc, _ = encode_all(convs, get_template("default"), tok, cutoff_len=256)
+    rows = single_rows(enc)
+    batch = Collator(tok.pad_token_id)([{"input_ids": r.input_ids, "labels": r.labels, "lengths": r.lengths}
+                                        for r in rows])
+    with torch.no_grad():
+        padded = summed_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                             batch["labels"])
+        one = sum(summed_loss(model(input_ids=torch.tensor([e.input_ids])).logits, torch.tensor([e.labels]))
+                  for e in enc)
+    assert abs(padded.item() - one.item()) < 1e-4
+
+
+def test_pack_rows_is_first_fit_decreasing_and_whole():
+    from zhlora.templates import Encoded
+
+    enc = [Encoded([1] * n, [1] * n) for n in (5, 9, 3, 7, 2)]
+    rows = pack_rows(enc, cutoff_len=10)
+    assert sorted(n for r in rows for n in r.lengths) == [2, 3, 5, 7, 9]
+    assert all(sum(r.lengths) <= 10 and len(r.input_ids) == sum(r.lengths) for r in rows)
+    assert [r.lengths for r in rows] == [[9], [7, 3], [5, 2]]
