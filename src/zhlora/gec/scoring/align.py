@@ -30,37 +30,39 @@ def cost_matrix(src: list[str], tgt: list[str]) -> list[list[float]]:
     up once per (char, char) pair, and the transposition search runs only where an anagram
     window is possible at all (src[i] occurs earlier in tgt and tgt[j] earlier in src).
     """
-    n, m = len(src), len(tgt)
+    m = len(tgt)
     cost = [[float(j) for j in range(m + 1)]]
     last_in_src: dict[str, int] = {}  # char -> last index i' < i with src[i'] == char
-    for i in range(n):
-        a, prev = src[i], cost[i]
-        row = [prev[0] + 1]
+    for i, a in enumerate(src):
+        prev = cost[i]
         subs = sub_costs_from(a)
+        # Cell (i+1, j+1) reads diag = prev[j], up = prev[j+1], left = the cell just written.
+        diag = prev[0]
+        left = diag + 1
+        row = [left]
         last_a = -1  # last j' < j with tgt[j'] == a
-        for j in range(m):
-            b = tgt[j]
+        for j, b, up in zip(range(m), tgt, prev[1:]):
             if a == b:
-                row.append(prev[j])
+                left = diag
                 last_a = j
-                continue
-            s = subs.get(b)
-            if s is None:
-                s = sub_cost(a, b)
-            best = prev[j] + s
-            c = prev[j + 1] + 1
-            if c < best:
-                best = c
-            c = row[j] + 1
-            if c < best:
-                best = c
-            if last_a >= 0 and b in last_in_src:
-                k_min = max(j - last_a, i - last_in_src[b])
-                if k_min <= i and k_min <= j:
-                    trans = _transposition(src, tgt, cost, i, j, k_min)[0]
-                    if trans < best:
-                        best = trans
-            row.append(best)
+            else:
+                s = subs.get(b)
+                if s is None:
+                    s = sub_cost(a, b)
+                best = diag + s
+                if up + 1 < best:
+                    best = up + 1
+                if left + 1 < best:
+                    best = left + 1
+                if last_a >= 0 and b in last_in_src:
+                    k_min = max(j - last_a, i - last_in_src[b])
+                    if k_min <= i and k_min <= j:
+                        trans = _transposition(src, tgt, cost, i, j, k_min)[0]
+                        if trans < best:
+                            best = trans
+                left = best
+            row.append(left)
+            diag = up
         cost.append(row)
         last_in_src[a] = i
     return cost
