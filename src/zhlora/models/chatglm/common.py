@@ -114,8 +114,9 @@ class ChatGLMPreTrainedModel(PreTrainedModel):
         if path.is_file():
             cfg = json.loads(path.read_text(encoding="utf-8"))
             cfg["architectures"] = [THUDM_ARCH]
-            if cfg.get("dtype") is not None:
-                cfg["torch_dtype"] = cfg["dtype"]
+            if cfg.get("dtype") is not None:  # THUDM's code (transformers 4.x) reads torch_dtype
+                cfg["torch_dtype"] = cfg.pop("dtype")
+            cfg.setdefault("use_cache", True)  # dropped by transformers 5's config, read by THUDM's code
             path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
