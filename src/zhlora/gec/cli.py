@@ -59,7 +59,8 @@ def cmd_synth(args) -> int:
                       max_edits=args.max_edits,
                       mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX))
     stats, confusion = run_synth(args.input, args.output, cfg, fmt=args.format,
-                                 confusion=args.confusion, overwrite=args.overwrite, progress=True)
+                                 confusion=args.confusion, overwrite=args.overwrite,
+                                 progress=sys.stderr.isatty())
     print(f"confusion set: {confusion.summary()}")
     print(stats.summary())
     print(f"wrote {stats.sentences} pairs to {args.output} ({args.format})")
