@@ -9,6 +9,8 @@ The transposition search walks back along the diagonal while the diagonal cost k
 changing, exactly as ChERRANT does. When several operations reach the minimal cost, all are
 kept in the order T, S, I, D; backtracking enumerates every path depth-first in that order
 (or only the first choice when the lengths differ by more than 10).
+ChERRANT has no limit on the number of tied alignments; we stop after MAX_ALIGNMENTS so a
+degenerate model output cannot hang an evaluation (MuCGEC dev needs at most 32).
 
 An alignment is a list of (op, src_start, src_end, tgt_start, tgt_end) from left to right.
 """
@@ -20,6 +22,7 @@ from zhlora.gec.scoring.resources import sub_cost, sub_costs_from
 
 AlignOp = tuple[str, int, int, int, int]
 _INF = float("inf")
+MAX_ALIGNMENTS = 10_000
 
 
 def cost_matrix(src: list[str], tgt: list[str]) -> list[list[float]]:
@@ -99,19 +102,23 @@ def cell_ops(src: list[str], tgt: list[str], cost: list[list[float]], i: int, j:
 
 def cheapest_alignments(src: list[str], tgt: list[str]) -> Iterator[list[AlignOp]]:
     """Yield every minimal-cost alignment in ChERRANT's order (only the first one when
-    |len(src) - len(tgt)| > 10)."""
+    |len(src) - len(tgt)| > 10; at most MAX_ALIGNMENTS)."""
     cost = cost_matrix(src, tgt)
     first_only = abs(len(src) - len(tgt)) > 10
     # Iterative depth-first search from the bottom-right corner; a path is built backwards.
     stack: list[tuple[int, int, tuple]] = [(len(src), len(tgt), ())]
-    while stack:
+    found = 0
+    ops_seen: dict[tuple[int, int], tuple] = {}  # cells shared by several paths
+    while stack and found < MAX_ALIGNMENTS:
         i, j, path = stack.pop()
         if i + j == 0:
+            found += 1
             yield _unwind(path)
             continue
-        choices = cell_ops(src, tgt, cost, i, j)
-        if first_only:
-            choices = choices[:1]
+        choices = ops_seen.get((i, j))
+        if choices is None:
+            choices = cell_ops(src, tgt, cost, i, j)
+            ops_seen[i, j] = choices = choices[:1] if first_only else choices
         for op in reversed(choices):  # reversed: the stack pops the first choice first
             stack.append(_step(op, i, j, path))
 
