@@ -162,3 +162,26 @@ def test_chatglm_model_ptuning_v2_cache_matches_full_forward(base, projection):
     assert (first.logits[0] - full[:9]).abs().max().item() < 1e-5
     assert (step.logits[0, -1] - full[-1]).abs().max().item() < 1e-5
     assert (full - plain).abs().max().item() > 1e-4  # the prefix changes the output
+
+
+def test_chatglm_model_tiny_glm4_folder_chat_roundtrip(tmp_path):
+    """A GLM-4 folder in the original chatglm format: tokenizer + glm4 template + rope_ratio."""
+    pytest.importorskip("tiktoken")
+    from zhlora.data.conversation import Conversation
+    from zhlora.families import family_of
+    from zhlora.models.chatglm.tiny import make_tiny_chatglm
+    from zhlora.models.loading import load_model, load_tokenizer
+    from zhlora.templates import get_template
+
+    assets = Path(__file__).parent / "assets" / "chatglm" / "glm4"
+    folder = make_tiny_chatglm(tmp_path / "glm4", "glm4", tokenizer_dir=assets)
+    tok, model = load_tokenizer(folder), load_model(folder, dtype="float32").eval()
+    template = get_template(family_of(folder).default_template(json.loads((folder / "config.json").read_text())))
+    assert template.name == "glm4" and model.spec.rope_ratio == 500
+    prompt = torch.tensor([template.encode_prompt(Conversation.from_pairs([("你好", None)]), tok)])
+    out = model.generate(prompt, do_sample=False, max_new_tokens=4, eos_token_id=template.stop_token_ids(tok))
+    assert out.shape[1] > prompt.shape[1]
+    with torch.no_grad():
+        base = model(prompt).logits
+        model.config.rope_ratio = 1  # spec is read from the config: base 10000 instead of 5e6
+        assert (model(prompt).logits - base).abs().max().item() > 1e-6
