@@ -210,6 +210,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         say(f"resuming from {plan.resume_from}")
     result = trainer.train(resume_from_checkpoint=plan.resume_from)
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+               "train_runtime": result.metrics.get("train_runtime"),
                "seconds": round(time.time() - started, 1)}
     if eval_rows:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
