@@ -79,10 +79,10 @@ class Adapter:
     def tensor(self, key: str) -> torch.Tensor:
         """One adapter tensor, read on demand."""
         if self.weights.suffix == ".safetensors":
-            from safetensors import safe_open
+            from zhlora.merge.reader import SafetensorsReader
 
             if self._handle is None:
-                self._handle = safe_open(str(self.weights), framework="pt", device="cpu")
+                self._handle = SafetensorsReader(self.weights)
             return self._handle.get_tensor(key)
         if self._handle is None:
             self._handle = torch.load(self.weights, map_location="cpu", weights_only=True, mmap=True)

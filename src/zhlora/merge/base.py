@@ -17,11 +17,7 @@ from zhlora.errors import ZhloraError
 from zhlora.families import read_config
 from zhlora.models.loading import check_weights_allowed, weight_files
 
-ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-             "U8": torch.uint8, "BOOL": torch.bool}
-ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
-FLOATS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+from zhlora.merge.dtypes import FLOATS, ST_DTYPES, ST_NAMES  # noqa: F401
 # tensor names that only exist in quantized checkpoints (GPTQ/AWQ, bitsandbytes)
 _QUANT_SUFFIXES = (".qweight", ".qzeros", ".g_idx", ".scales", ".SCB", ".weight_format", ".absmax",
                    ".quant_map", ".quant_state", ".nested_absmax")
@@ -63,9 +59,9 @@ class BaseCheckpoint:
     def open_file(self, path: Path) -> Iterator:
         """-> get(name) for the tensors of one shard."""
         if self.kind == "safetensors":
-            from safetensors import safe_open
+            from zhlora.merge.reader import SafetensorsReader
 
-            with safe_open(str(path), framework="pt", device="cpu") as f:
+            with SafetensorsReader(path) as f:
                 yield f.get_tensor
         else:
             sd = _load_bin(path)

