@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
@@ -292,10 +291,3 @@ def _progress_bar(total: int, show: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="prompt", file=sys.stderr, dynamic_ncols=True)
-
-
-def timed(fn, *args, **kwargs):
-    """-> (result, seconds) — a tiny helper the front ends share."""
-    t = time.perf_counter()
-    r = fn(*args, **kwargs)
-    return r, time.perf_counter() - t
