@@ -23,6 +23,13 @@ def _conversation(history: list[dict], text: str, system: str) -> Conversation:
     return Conversation(msgs + [Message("user", text)], system=system)
 
 
+def _messages_format(gr) -> dict:
+    """gradio 4.x/5.x need type="messages"; gradio 6 removed the argument (messages only)."""
+    import inspect
+
+    return {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
+
+
 def build_blocks(engine: Engine, title: str = "zhlora"):
     """The gradio Blocks (chat box, adapter picker, decoding sliders); not yet launched."""
     gr = require_gradio()
@@ -44,7 +51,7 @@ def build_blocks(engine: Engine, title: str = "zhlora"):
         with gr.Row():
             adapter = gr.Dropdown(choices, value=choices[-1], label="adapter")
             system = gr.Textbox(label="system prompt", value="")
-        chatbot = gr.Chatbot(type="messages", height=420)
+        chatbot = gr.Chatbot(height=420, **_messages_format(gr))
         box = gr.Textbox(label="message", placeholder="输入问题，回车发送")
         with gr.Row():
             max_new = gr.Slider(1, 2048, value=engine.default_options().max_new_tokens, step=1,
