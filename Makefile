@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=2 $(VPY) -m pytest -p no:cacheprovider --durations=15 tests
 
 demo: $(STAMP)
 	$(VPY) -m zhlora demo
