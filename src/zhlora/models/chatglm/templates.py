@@ -12,11 +12,13 @@ of every separately encoded string, so splitting it would change the ids).
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 from zhlora.data.conversation import Conversation
 from zhlora.errors import ZhloraError
-from zhlora.templates import IGNORE_INDEX, ChatTemplate, Encoded, Tok, register_template
+from zhlora.templates import IGNORE_INDEX, ChatTemplate, Encoded, Tok, get_template, register_template
 
 
 @dataclass(frozen=True)
@@ -111,13 +113,8 @@ register_template(RoundTextTemplate(
     stop=("</s>",),
     description="ChatGLM2-6B: [gMASK] sop [Round 1]\\n\\n问：q\\n\\n答： a </s> (history as text, last turn trained)"))
 
-register_template(ChatTemplate(
+register_template(dataclasses.replace(
+    get_template("glm4"),  # same turn layout as GLM-4; the prefix token is spelled `sop`
     name="chatglm3",
     prefix=(Tok("[gMASK]"), Tok("sop")),
-    system=(Tok("<|system|>"), "\n{content}"),
-    user_open=(Tok("<|user|>"),),
-    user=("\n{content}", Tok("<|assistant|>"), "\n"),
-    assistant_end=(Tok("<|user|>"),),
-    assistant_end_opens_user=True,
-    stop=("<|user|>", "<|observation|>"),
     description="ChatGLM3-6B: [gMASK]sop<|user|>\\n q<|assistant|>\\n a<|user|>..."))
