@@ -11,7 +11,7 @@ import sys
 
 from zhlora.errors import ZhloraError
 
-# (module, what it adds). Modules are imported lazily so `zhlora --help` stays fast.
+# Each module keeps its heavy imports (torch, transformers) inside its functions.
 COMMAND_MODULES = [
     "zhlora.data.cli",       # data check / data convert
     "zhlora.train.cli",      # train
@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zhlora", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("zhlora"):
-                continue  # a stage not built in this checkout
-            raise
-        mod.register(sub)
+        importlib.import_module(name).register(sub)
     return p
 
 
