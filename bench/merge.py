@@ -135,8 +135,9 @@ def main() -> None:
             measure("zhlora merge", [py, "-m", "zhlora", "merge", "--base", str(wd / "base"), "--adapter",
                                      str(wd / "adapter"), "--output", str(wd / "zh"), "--no-progress"], env),
             measure("PEFT merge_and_unload + save_pretrained",
-                    [py, "-c", PEFT_SCRIPT, str(wd / "base"), str(wd / "adapter"), str(wd / "peft")], env)]
-    floor, zh, peft = rows
+                    [py, "-c", PEFT_SCRIPT, str(wd / "base"), str(wd / "adapter"), str(wd / "peft")], env),
+            measure("(zhlora CLI start-up alone: `zhlora --help`)", [py, "-m", "zhlora", "--help"], env)]
+    floor, zh, peft, startup = rows
     limit = 1.25 * (shard_mb + adapter_mb)
     print(f"\nDate {date.today()}, {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{platform.python_version()}; base {base_mb:.0f} MiB fp16 in {len(shards)} shards "
@@ -148,7 +149,8 @@ def main() -> None:
           f"(goal <= 1.25, i.e. <= {limit:.0f} MiB)")
     print(f"PEFT / zhlora peak RSS = {peft['peak_rss_mb'] / zh['peak_rss_mb']:.1f}x (goal >= 3x)")
     print(f"zhlora wall / I/O floor = {zh['wall_s'] / floor['wall_s']:.2f}x (goal <= 2x); "
-          f"PEFT wall / I/O floor = {peft['wall_s'] / floor['wall_s']:.2f}x")
+          f"PEFT wall / I/O floor = {peft['wall_s'] / floor['wall_s']:.2f}x; zhlora without CLI start-up "
+          f"{(zh['wall_s'] - startup['wall_s']) / floor['wall_s']:.2f}x")
     if not args.keep:
         shutil.rmtree(wd, ignore_errors=True)
 
