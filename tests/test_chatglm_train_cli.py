@@ -1,5 +1,6 @@
 """End to end: a tiny random ChatGLM2 (packed rows) and a tiny ChatGLM-6B go through
-`zhlora train` (LoRA); the standard PEFT adapter reloads with plain PeftModel.from_pretrained and
+zhlora's training entry point (LoRA); the standard PEFT adapter reloads with plain PeftModel.from_pretrained,
+equals the in-memory trained model exactly and
 gives the logits of a hand-applied LoRA; the merged model saves and reloads in THUDM's layout."""
 from __future__ import annotations
 
@@ -42,15 +43,16 @@ def _manual_lora_logits(base_dir, adapter_dir, ids):
 def test_chatglm_train_cli_lora_roundtrip(tmp_path, version, sub, packing):
     from peft import PeftModel
 
-    from zhlora.cli import main
+    from zhlora.train.config import load_config
+    from zhlora.train.sft import train
 
     base = make_tiny_chatglm(tmp_path / "base", version, tokenizer_dir=ASSETS / sub, seed=1)
     out = tmp_path / "adapter"
-    rc = main(["train", f"model={base}", f"data={DATA}", f"output_dir={out}", "max_steps=3", "batch_size=4",
+    res = train(load_config(None, [f"model={base}", f"data={DATA}", f"output_dir={out}", "max_steps=3", "batch_size=4",
                "lora_r=4", "lora_alpha=8", "lora_target=all", "learning_rate=5e-2", "cutoff_len=96",
                f"packing={packing}", "max_samples=16", "save_steps=0", "report_to=none", "lora_dropout=0.0",
-               "eval_ratio=0", "gradient_checkpointing=true"])
-    assert rc in (0, None)
+               "eval_ratio=0", "gradient_checkpointing=true"]))
+    assert res.output == out.resolve()
     meta = json.loads((out / "zhlora_adapter.json").read_text())
     assert meta["template"] == ("chatglm" if version == "chatglm" else "chatglm2")
     assert json.loads((out / "adapter_config.json").read_text())["target_modules"]
@@ -66,6 +68,9 @@ def test_chatglm_train_cli_lora_roundtrip(tmp_path, version, sub, packing):
     assert n_layers == 2 * 4  # 2 layers x 4 target modules
     assert (adapted - plain).abs().max().item() > 1e-4  # training changed something
     assert (adapted - manual).abs().max().item() < 1e-5
+    res.model.eval()
+    with torch.no_grad():  # the reloaded adapter is the model that was trained, exactly
+        assert torch.equal(res.model(input_ids=ids).logits, adapted)
 
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(tmp_path / "merged")
