@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "zhlora.infer.cli",      # chat / predict / serve / webui
     "zhlora.gec.cli",        # gec synth / score / sighan / eval / convert
     "zhlora.demo",           # demo
+    "zhlora.pretrain",       # pretrain (the embedded tiny base)
 ]
 
 
