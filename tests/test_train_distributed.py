@@ -41,3 +41,23 @@ def test_two_process_run_matches_one_process(tiny_llama, tmp_path):
         assert two[step] == pytest.approx(one[step], rel=0.02), (step, one, two)
     meta = json.loads((tmp_path / "two" / "zhlora_adapter.json").read_text())
     assert meta["metrics"]["steps"] == 8
+
+
+def test_deepspeed_zero2_on_cpu(tiny_llama, tmp_path):
+    """ZeRO-2 smoke test: two CPU processes (gloo), the shipped config, a standard adapter."""
+    pytest.importorskip("deepspeed")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = ROOT / "examples" / "data" / "zh_instruct_sample.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    out = tmp_path / "zero2"
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+         str(30500 + os.getpid() % 1000), "-m", "zhlora", "train", str(RECIPE), f"model={tiny_llama}",
+         f"data={data}", f"output_dir={out}", "max_steps=4", "logging_steps=1", "save_steps=0",
+         "eval_ratio=0", "report_to=none", "batch_size=4",
+         f"deepspeed={ROOT / 'examples' / 'deepspeed' / 'zero2.json'}"], env)
+    losses = curve(out)
+    assert sorted(losses) == [1, 2, 3, 4] and all(0 < v < 20 for v in losses.values())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_llama)), str(out))
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
