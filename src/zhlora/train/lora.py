@@ -21,14 +21,17 @@ def lora_config(family: Family, model, r: int, alpha: float, dropout: float, tar
                 modules_to_save=None, use_rslora: bool = False):
     from peft import LoraConfig, TaskType
 
+    import torch
+
     targets = family.lora_targets(target)
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = [t for t in targets if t not in names]
     if missing:
         raise ZhloraError(
             f"lora_target {missing} not found in the {family.name} model; its linear layers are "
-            f"{sorted(n for n in names if n and not n.isdigit())[:40]}; presets: "
-            f"{', '.join(family.lora_presets)}")
+            f"{', '.join(sorted(linear))}; presets: "
+            + ", ".join(f"{k} = {','.join(v)}" for k, v in family.lora_presets.items()))
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=targets, modules_to_save=list(modules_to_save or []) or None,
                       use_rslora=use_rslora, bias="none")
