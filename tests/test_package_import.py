@@ -1,0 +1,30 @@
+"""`import zhlora` is light, and still registers the native ChatGLM family with transformers."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.strip()
+
+
+def test_import_is_light_and_registers_on_transformers_import():
+    out = _run("import sys, zhlora; print('transformers' in sys.modules, 'torch' in sys.modules);"
+               "from transformers import CONFIG_MAPPING; print('chatglm' in CONFIG_MAPPING)")
+    assert out.splitlines() == ["False False", "True"]
+
+
+def test_registers_when_transformers_came_first():
+    out = _run("import transformers, zhlora; from transformers import CONFIG_MAPPING;"
+               "print('chatglm' in CONFIG_MAPPING)")
+    assert out == "True"
+
+
+def test_cli_help_lists_every_stage():
+    out = _run("from zhlora.cli import build_parser; print(build_parser().format_help())")
+    for cmd in ("data", "train", "merge", "verify", "export", "chat", "predict", "serve", "webui", "gec",
+                "demo"):
+        assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
