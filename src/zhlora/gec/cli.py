@@ -165,6 +165,11 @@ def _add_eval(sub) -> None:
                    help="per sentence (default: 2 x longest source + 20)")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--decoding", choices=("free", "confusion"), default="free",
+                   help="free greedy rewriting (default) or confusion: one character per source "
+                   "character, a confusion candidate only when it beats the source by --margin")
+    p.add_argument("--margin", type=float, default=1.0,
+                   help="confusion decoding: log-probability lead a candidate needs (default 1.0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_eval)
 
@@ -178,7 +183,7 @@ def cmd_eval(args) -> int:
     cfg = EvalConfig(model=args.model, adapter=args.adapter, data=args.data, format=args.format,
                      output=output, template=args.template, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, limit=args.limit, dtype=args.dtype,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, decoding=args.decoding, margin=args.margin)
     result = run_eval(cfg, progress=sys.stderr.isatty())
     print(result.report)
     print(f"wrote {output}/ (predictions.para, predictions.jsonl, hyp.m2, ref.m2, report.md, "

