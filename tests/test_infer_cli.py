@@ -106,3 +106,17 @@ def test_infer_webui_without_gradio(infer_setup, capsys):
     from zhlora.infer.webui import build_blocks
 
     assert build_blocks(Engine.load(infer_setup[0])) is not None
+
+
+def test_infer_webui_handler_streams_the_adapter_answer(engine):
+    """The page's handler (no gradio needed) streams exactly the engine's answer, with history."""
+    from zhlora.data import Conversation, Message
+    from zhlora.infer.webui import make_respond
+
+    name = engine.adapter_names[0]
+    steps = list(make_respond(engine)("你好", [], name, "", 12, 0.0, 1.0))
+    assert len(steps) >= 1 and all(box == "" for box, _ in steps)
+    history = steps[-1][1]
+    want = engine.generate([Conversation([Message("user", "你好")])], adapter=name,
+                           options=engine.default_options(name).replace(max_new_tokens=12))[0]
+    assert history == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": want}]

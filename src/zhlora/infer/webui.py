@@ -30,10 +30,8 @@ def _messages_format(gr) -> dict:
     return {"type": "messages"} if "type" in inspect.signature(gr.Chatbot.__init__).parameters else {}
 
 
-def build_blocks(engine: Engine, title: str = "zhlora"):
-    """The gradio Blocks (chat box, adapter picker, decoding sliders); not yet launched."""
-    gr = require_gradio()
-    choices = ["base"] + engine.adapter_names
+def make_respond(engine: Engine):
+    """The page's submit handler: streams (cleared textbox, updated messages history)."""
 
     def respond(text, history, adapter, system, max_new, temperature, top_p):
         name = None if adapter == "base" else adapter
@@ -45,6 +43,15 @@ def build_blocks(engine: Engine, title: str = "zhlora"):
         for piece in engine.stream(conv, name, opts):
             answer += piece
             yield "", history + [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+
+    return respond
+
+
+def build_blocks(engine: Engine, title: str = "zhlora"):
+    """The gradio Blocks (chat box, adapter picker, decoding sliders); not yet launched."""
+    gr = require_gradio()
+    choices = ["base"] + engine.adapter_names
+    respond = make_respond(engine)
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"### {title} — base: `{engine.base_dir}`")
