@@ -45,13 +45,17 @@ def make_data(path: Path, n: int) -> None:
             f.write(json.dumps({"instruction": q, "output": a}, ensure_ascii=False) + "\n")
 
 
-def matmul_rate(n: int = 1024, reps: int = 20) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+def matmul_rate(rows: int = 1024, d: int = 512, d_ff: int = 1536, reps: int = 20) -> float:
+    """fp32 FLOP/s of a matmul shaped like the model's MLP (best of 3 rounds)."""
+    a, w = torch.randn(rows, d), torch.randn(d_ff, d)
+    a @ w.T
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ w.T
+        best = max(best, 2 * rows * d * d_ff * reps / (time.perf_counter() - t))
+    return best
 
 
 def run_once(model: Path, data: Path, out: Path, mode: str, batch: int, cutoff: int) -> dict:
@@ -77,7 +81,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="rows per step when not packing")
     ap.add_argument("--cutoff", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's choice); use 1 on a shared machine, where "
+                         "two processes with 2 OpenMP threads each on 2 cores slow down ~5x")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from zhlora.models.loading import load_model
     from zhlora.models.tiny import make_tiny_model
 
