@@ -63,6 +63,7 @@ class PretrainConfig:
     threads: int = 0                # 0: switch between 1 and 2 threads, whichever steps faster now
     save_dtype: str = "float16"
     overwrite: bool = False
+    init: str = ""                  # continue from this model folder (its tokenizer and weights)
 
 
 # -- corpus ---------------------------------------------------------------------------
@@ -250,10 +251,10 @@ class ThreadTuner:
     wait for busy cores). Every `every` steps, time `probe` steps with the other thread count
     (N or 1, N = torch's default) and keep the faster one. `fixed` > 0 pins the count."""
 
-    def __init__(self, fixed: int, every: int = 100, probe: int = 8):
+    def __init__(self, fixed: int, every: int = 50, probe: int = 5):
         self.fixed, self.every, self.probe = fixed, every, probe
         self.n = max(1, torch.get_num_threads())
-        self.threads = fixed or self.n
+        self.threads = fixed or 1       # 1 is never the disaster; N is probed at step every - probe
         self.times: dict[int, list[float]] = {1: [], self.n: []}
         torch.set_num_threads(self.threads)
         if self.n == 1:
@@ -319,8 +320,13 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
 
     check_output_free(cfg.output, cfg.overwrite)
     train_paras, held = corpus_split(load_paragraphs(cfg.limit_paragraphs))
-    tok = build_tokenizer(train_paras + held)
-    model = build_model(tok, cfg)
+    if cfg.init:
+        from zhlora.models.loading import load_model, load_tokenizer
+
+        tok, model = load_tokenizer(cfg.init), load_model(cfg.init, dtype="float32")
+    else:
+        tok = build_tokenizer(train_paras + held)
+        model = build_model(tok, cfg)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"[pretrain] {len(train_paras)} paragraphs ({sum(map(len, train_paras))} chars), "
         f"{len(held)} held out; vocab {len(tok)}; {n_params / 1e6:.2f}M parameters")
@@ -352,6 +358,7 @@ def register(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("lr", "max_minutes", "instruct_share", "gec_copy_share", "weight_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--init", default="", help="continue training this model folder (default: from scratch)")
     p.add_argument("--save-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
