@@ -57,11 +57,14 @@ def test_embedded_model_copies_held_out_sentences_through_the_gec_prompt(engine,
     from zhlora.gec.prompt import gec_conversation
     from zhlora.infer.engine import GenerationOptions
 
-    picks = [s for s in heldout if 10 <= len(s) <= 30][:8]
-    answers = engine.generate([gec_conversation(s) for s in picks],
+    picks = [s for s in heldout if 10 <= len(s) <= 30][:40]
+    answers = engine.generate([gec_conversation(s) for s in picks], batch_size=20,
                               options=GenerationOptions(max_new_tokens=40, temperature=0.0))
     copied = sum(a == s for a, s in zip(answers, picks))
-    assert copied >= 6, list(zip(picks, answers))
+    # measured: 60 of the first 100 such sentences repeated exactly (a random model: 0)
+    assert copied >= 18, list(zip(picks, answers))
+    near = sum(len(a) == len(s) and sum(x != y for x, y in zip(a, s)) <= 2 for a, s in zip(answers, picks))
+    assert near >= 24
 
 
 def test_demo_reuses_what_it_built(tmp_path):

@@ -57,3 +57,22 @@ def test_pretrain_two_steps_writes_a_loadable_model(tmp_path):
     model, tok = load_model(out), load_tokenizer(out)
     assert model.config.hidden_size == 32 and len(tok) == info["vocab"]
     assert next(model.parameters()).dtype.is_floating_point
+
+
+@pytest.mark.parametrize("one, many, expect", [(1.0, 0.2, 2), (0.3, 0.9, 1)])
+def test_thread_tuner_keeps_the_faster_count(one, many, expect):
+    import torch
+
+    from zhlora.pretrain import ThreadTuner
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t = ThreadTuner(0, every=10, probe=3)
+        assert t.threads == 1                      # starts safe on a shared CPU
+        for step in range(1, 11):                  # steps 8-10 probe 2 threads
+            t.record(step, one if torch.get_num_threads() == 1 else many)
+        assert t.threads == expect and torch.get_num_threads() == expect
+        assert len(t.times[2]) == 3 and len(t.times[1]) == 7
+    finally:
+        torch.set_num_threads(before)

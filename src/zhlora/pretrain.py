@@ -311,6 +311,7 @@ def train_loop(model, rows, cfg: PretrainConfig, log=print) -> list[dict]:
             log(f"[pretrain] step {step} ({100 * done:.0f}%) loss {rec['loss']:.3f} "
                 f"{tokens / elapsed:.0f} tok/s ({tuner.threads} thread(s)), "
                 f"eta {elapsed / done * (1 - done) / 60:.1f} min")
+    torch.set_num_threads(tuner.n)
     return history
 
 
