@@ -111,8 +111,8 @@ def correct(engine, sources: list[str], adapter: str | None = None, margin: floa
         proc = ConfusionProcessor(choices, rows, ids.shape[1], tok.eos_token_id, tok.unk_token_id, margin)
         cfg = GenerationConfig(max_new_tokens=max(len(sources[i]) for i in rows) + 1, do_sample=False,
                                pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True)
-        with engine._lock, engine._adapter_active(adapter), torch.inference_mode():
-            seqs = engine.model.generate(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device),
+        with engine.using(adapter) as model:
+            seqs = model.generate(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device),
                                          generation_config=cfg, logits_processor=LogitsProcessorList([proc]))
         for b, n in enumerate(rows):
             out[n] = _to_text(sources[n], seqs[b, ids.shape[1]:].tolist(), choices.keep[n], tok)

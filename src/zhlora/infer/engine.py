@@ -25,7 +25,9 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 
 Lower level (used by the server): `encode(conv, adapter)`, `encode_text(text)`,
 `complete(prompt_ids, ...) -> list[Completion]` (text, token counts, finish reason) and
-`open_stream(prompt_ids, ...)` (a `TokenStream` that can be cancelled).
+`open_stream(prompt_ids, ...)` (a `TokenStream` that can be cancelled), and
+`using(adapter)`, a context that holds the model with that adapter active for a custom
+decoding loop (GEC's constrained decoder).
 """
 from __future__ import annotations
 
@@ -219,6 +221,13 @@ class Engine:
         threading.Thread(target=work, daemon=True, name="zhlora-stream").start()
         return stream
 
+    @contextlib.contextmanager
+    def using(self, adapter: str | None = None):
+        """Hold the model with `adapter` active (None = base) for custom decoding loops:
+        takes the engine lock, switches the adapter, and runs under inference_mode."""
+        with self._lock, self._adapter_active(adapter), torch.inference_mode():
+            yield self.model
+
     # -- internals -----------------------------------------------------------------
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str | None):
@@ -237,7 +246,7 @@ class Engine:
         ids, mask = _left_pad(rows, _pad_id(self.tokenizer), self.device)  # (B, T), (B, T)
         config = self._generation_config(opts, rules)
         criteria = generation_criteria(rules, ids.shape[1], cancel)
-        with self._lock, self._adapter_active(adapter), torch.inference_mode():
+        with self.using(adapter):
             if opts.seed is not None:
                 torch.manual_seed(opts.seed)
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
