@@ -74,6 +74,7 @@ def test_recipes_load_as_training_configs(recipe):
     assert cfg.format == "alpaca" and cfg.template and 1 <= cfg.lora_r <= 64
     if recipe.name == "tiny_cpu.yaml":
         assert Path(cfg.data[0]).is_file() and cfg.dtype == "float32"
+        assert (Path(cfg.model) / "model.safetensors").is_file()  # the embedded base
     else:
         assert "download" in text and cfg.dtype == "bfloat16"
         assert 1e-4 <= cfg.learning_rate <= 3e-4 and 2 <= cfg.epochs <= 3
