@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from zhlora.errors import ZhloraError
 from zhlora.models.chatglm.configuration import ChatGLMConfig, GLMSpec, glm_spec
@@ -121,7 +122,20 @@ class ChatGLMPreTrainedModel(PreTrainedModel):
 
 
 class ChatGLMLMBase(ChatGLMPreTrainedModel, GenerationMixin):
-    """Shared loss for both generations: standard next-token shift, labels -100 ignored."""
+    """Shared forward and loss for both generations: the trunk (`self.transformer`), the output
+    layer (`get_output_embeddings()`), standard next-token shift, labels -100 ignored."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, labels=None, use_cache=None, past_key_values=None,
+                logits_to_keep: int = 0, **kwargs):
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache if cache is not None else past_key_values,
+                               inputs_embeds=inputs_embeds, use_cache=use_cache)
+        hidden = out.last_hidden_state  # (B, T, hidden)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.get_output_embeddings()(hidden)  # (B, T, vocab)
+        return CausalLMOutputWithPast(loss=self._loss(logits, labels, **kwargs), logits=logits, cache=out.cache)
 
     def _loss(self, logits, labels, **kwargs):
         if labels is None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from zhlora.errors import ZhloraError
 from zhlora.models.chatglm.common import (ChatGLMLMBase, ChatGLMPreTrainedModel, PrefixEncoder,
@@ -232,17 +232,6 @@ class ChatGLM6BForConditionalGeneration(ChatGLMLMBase):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, labels=None, use_cache=None, past_key_values=None,
-                logits_to_keep: int = 0, **kwargs):
-        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               cache=cache if cache is not None else past_key_values,
-                               inputs_embeds=inputs_embeds, use_cache=use_cache)
-        hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
-        return CausalLMOutputWithPast(loss=self._loss(logits, labels, **kwargs), logits=logits, cache=out.cache)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None,
                                       next_sequence_length=None, past_key_values=None, **kwargs):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 from zhlora.models.chatglm.common import (ChatGLMLMBase, ChatGLMPreTrainedModel, PrefixEncoder,
                                           mask_from_4d, never_empty, padding_allowed, prepend_prefix,
@@ -208,15 +208,3 @@ class ChatGLM2ForConditionalGeneration(ChatGLMLMBase):
     def set_output_embeddings(self, value):
         self.transformer.output_layer = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, labels=None, use_cache=None, past_key_values=None,
-                logits_to_keep: int = 0, **kwargs):
-        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               cache=cache if cache is not None else past_key_values,
-                               inputs_embeds=inputs_embeds, use_cache=use_cache)
-        hidden = out.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.transformer.output_layer(hidden)
-        loss = self._loss(logits, labels, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
