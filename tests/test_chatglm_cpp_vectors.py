@@ -12,7 +12,11 @@ from zhlora.models.chatglm.modeling_v1 import ChatGLM6BModel
 from zhlora.models.chatglm.modeling_v2 import ChatGLM2Model
 
 H, HEADS, VOCAB, PRE = 32, 8, 5, 5
-TOL = 5e-4  # chatglm.cpp's own tolerance for these files; measured diffs are ~1e-6
+# The bar is 1e-5 (max abs diff of the hidden states). Two files do not reach it yet
+# (measured 4.1e-5 for glm4 and 1.0e-4 for glm3 P-Tuning v2; cause not found, see docs/chatglm.md):
+# they are held to a looser bound, still 5x tighter than chatglm.cpp's own 5e-4, until fixed.
+TOL = 1e-5
+KNOWN_GAP = {"glm4_model.data": 1e-4, "glm3_ptuning_v2_model.data": 2e-4}
 
 
 class Reader:
@@ -99,7 +103,7 @@ def test_chatglm_cpp_glm_v1(shared_dir, name, pre):
              ((1,), dict(position_ids=torch.tensor([[[1], [2]]]))),
              ((1,), dict(position_ids=torch.tensor([[[1], [3]]])))]
     diffs = run_steps(model, r, steps)
-    assert max(diffs) < TOL, diffs
+    assert max(diffs) < KNOWN_GAP.get(name, TOL), diffs
 
 
 @pytest.mark.parametrize("name,pre,rope_ratio", [("glm2_model.data", None, None), ("glm3_model.data", None, None),
@@ -114,4 +118,4 @@ def test_chatglm_cpp_glm2_glm3_glm4(shared_dir, name, pre, rope_ratio):
     steps = [((3,), dict(position_ids=torch.arange(3)[None])), ((1,), dict(position_ids=torch.tensor([[3]]))),
              ((1,), dict(position_ids=torch.tensor([[4]])))]
     diffs = run_steps(model, r, steps)
-    assert max(diffs) < TOL, diffs
+    assert max(diffs) < KNOWN_GAP.get(name, TOL), diffs
