@@ -12,11 +12,15 @@ from zhlora.models.chatglm.modeling_v1 import ChatGLM6BModel
 from zhlora.models.chatglm.modeling_v2 import ChatGLM2Model
 
 H, HEADS, VOCAB, PRE = 32, 8, 5, 5
-# The issue's bar is 1e-5 (max abs diff of the hidden states). Two files do not reach it yet
-# (measured 4.1e-5 for glm4 and 1.0e-4 for glm3 P-Tuning v2; cause not found, see docs/chatglm.md):
-# they are held to a looser bound, still 5x tighter than chatglm.cpp's own 5e-4, until fixed.
+# The bar is 1e-5 (max abs diff of the hidden states); measured <= 2.4e-7 except glm3 P-Tuning v2
+# (1.0e-4): its prefix cache is stored in float16 and the reference was evidently computed from
+# the unrounded prefix -- perturbing the prefix by half a float16 ulp moves our output by the
+# same order (4e-5), and the v1 P-Tuning file shows the same effect at its scale (5.8e-6).
 TOL = 1e-5
-KNOWN_GAP = {"glm4_model.data": 1e-4, "glm3_ptuning_v2_model.data": 2e-4}
+KNOWN_GAP = {"glm3_ptuning_v2_model.data": 2e-4}
+# GLM-4's vectors were made with GLM-4-9B's own RMSNorm epsilon (its config.json: 1.5625e-07):
+# with 1e-5 the diff is 4.1e-5, with 1.5625e-07 it is 2.4e-7.
+GLM4_EPS = 1.5625e-07
 
 
 class Reader:
@@ -40,11 +44,11 @@ def v1_config(pre_seq_len=None):
                          pre_seq_len=pre_seq_len)
 
 
-def v2_config(pre_seq_len=None, rope_ratio=None):
+def v2_config(pre_seq_len=None, rope_ratio=None, eps=1e-5):
     extra = {"rope_ratio": rope_ratio} if rope_ratio else {}
     return ChatGLMConfig(padded_vocab_size=VOCAB, vocab_size=VOCAB, hidden_size=H, num_attention_heads=HEADS,
                          num_layers=1, kv_channels=H // HEADS, multi_query_attention=True,
-                         multi_query_group_num=2, ffn_hidden_size=48, seq_length=8, layernorm_epsilon=1e-5,
+                         multi_query_group_num=2, ffn_hidden_size=48, seq_length=8, layernorm_epsilon=eps,
                          add_qkv_bias=True, add_bias_linear=False, pre_seq_len=pre_seq_len, **extra)
 
 
@@ -111,7 +115,7 @@ def test_chatglm_cpp_glm_v1(shared_dir, name, pre):
                                                  ("glm4_model.data", None, 1.0)])
 def test_chatglm_cpp_glm2_glm3_glm4(shared_dir, name, pre, rope_ratio):
     r = Reader(shared_dir / "parity" / "chatglm_cpp" / name)
-    model = ChatGLM2Model(v2_config(pre, rope_ratio)).eval()
+    model = ChatGLM2Model(v2_config(pre, rope_ratio, GLM4_EPS if name.startswith("glm4") else 1e-5)).eval()
     if pre:
         load_prefix(model, r, 2)
     load_weights(model, r, V2_WEIGHTS)
