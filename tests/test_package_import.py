@@ -28,3 +28,13 @@ def test_cli_help_lists_every_stage():
     for cmd in ("data", "train", "merge", "verify", "export", "chat", "predict", "serve", "webui", "gec",
                 "demo"):
         assert f"    {cmd} " in out or f"    {cmd}\n" in out, cmd
+
+
+def test_native_family_and_templates_found_before_transformers_is_imported():
+    """A fresh `zhlora train` looks up the family and template before anything imports
+    transformers; the lazy registration must not hide ChatGLM from those lookups."""
+    out = _run("import sys; from zhlora.families import family_for_config; from zhlora.templates import get_template;"
+               "print('transformers' in sys.modules);"
+               "print(family_for_config({'model_type': 'chatglm', 'multi_query_attention': True, 'kv_channels': 4,"
+               " 'ffn_hidden_size': 8, 'seq_length': 8, 'padded_vocab_size': 8}).name, get_template('chatglm3').name)")
+    assert out.splitlines() == ["False", "chatglm chatglm3"]

@@ -17,9 +17,15 @@ __version__ = "0.1.0"
 _HAS_CHATGLM = (Path(__file__).parent / "models" / "chatglm" / "__init__.py").is_file()
 
 
-def _register_native_models() -> None:
+def register_native_models() -> None:
+    """Register the native ChatGLM family: transformers Auto classes, zhlora's family and
+    template registries. Idempotent; the family/template lookups call it on a miss, so a
+    lookup that runs before transformers is imported still finds ChatGLM."""
     if _HAS_CHATGLM:
         from zhlora.models import chatglm  # noqa: F401  (registers with AutoConfig/AutoModel/...)
+
+
+_register_native_models = register_native_models
 
 
 class _AfterTransformersImport(importlib.abc.MetaPathFinder):

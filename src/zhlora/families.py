@@ -86,6 +86,10 @@ def read_config(model_dir: str | Path) -> dict:
 
 def family_for_config(config: dict, where: str = "") -> Family:
     mt = config.get("model_type")
+    if not any(mt in f.model_types for f in FAMILIES.values()):
+        import zhlora
+
+        zhlora.register_native_models()  # native families register lazily (see zhlora/__init__)
     cands = [f for f in FAMILIES.values() if mt in f.model_types]
     for f in cands:
         if f.matches is None or f.matches(config):

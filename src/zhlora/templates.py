@@ -246,6 +246,10 @@ def register_template(t: ChatTemplate) -> ChatTemplate:
 
 
 def get_template(name: str) -> ChatTemplate:
+    if name not in TEMPLATES:
+        import zhlora
+
+        zhlora.register_native_models()  # the ChatGLM templates register lazily
     try:
         return TEMPLATES[name]
     except KeyError:
