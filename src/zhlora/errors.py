@@ -27,3 +27,15 @@ class DataError(ZhloraError):
 
 class ConfigError(ZhloraError):
     """A bad recipe key or value."""
+
+
+def require_file(path, what: str = "file"):
+    """-> Path, or a ZhloraError saying whether the path is missing or is a folder."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise ZhloraError(f"{p}: is a folder; pass the {what} itself (a file inside it)")
+    if not p.is_file():
+        raise ZhloraError(f"{p}: no such file; check the path of the {what}")
+    return p

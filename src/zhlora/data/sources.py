@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from zhlora.errors import ZhloraError
+from zhlora.errors import ZhloraError, require_file
 
 _WS = re.compile(r"[ \t\n\r]*")
 _BOM = b"\xef\xbb\xbf"
@@ -29,9 +29,7 @@ class RawRecord:
 
 def iter_records(path: str | Path, progress: bool | None = None) -> Iterator[RawRecord]:
     """Records of a JSON-list file (first non-blank byte `[`) or of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZhloraError(f"{path}: no such file; check the path of the data file")
+    path = require_file(path, "data file")
     try:
         with open(path, "rb") as f:
             head = f.read(4096)

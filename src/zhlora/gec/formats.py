@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from zhlora.errors import DataError, ZhloraError
+from zhlora.errors import DataError, ZhloraError, require_file
 
 NO_ERROR, UNANNOTATABLE = "没有错误", "无法标注"
 FORMATS = ("para", "mucgec", "sighan", "m2", "nlpcc18", "fcgec", "cged", "jsonl")
@@ -49,9 +49,7 @@ def resolved_targets(ex: Example) -> list[str]:
 # -- reading text ------------------------------------------------------------------
 def read_lines(path: str | Path) -> list[tuple[int, str]]:
     """(1-based line number, text without the newline) for every line of a UTF-8 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZhloraError(f"{path}: no such file; check the path")
+    path = require_file(path, "input file")
     out, problems = [], []
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -358,9 +356,7 @@ LOADERS = {"para": load_para, "mucgec": load_para, "sighan": load_sighan, "m2": 
 
 def detect_format(path: str | Path) -> str:
     """Guess a file's format from its name and first lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZhloraError(f"{path}: no such file; check the path")
+    path = require_file(path, "input file")
     with open(path, "rb") as f:
         head = f.read(8192).removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="replace")
     first = next((ln for ln in head.splitlines() if ln.strip() and not ln.startswith("#")), "")

@@ -141,9 +141,9 @@ def _weights_file(folder: Path, allow_bin: bool) -> Path:
 
 def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from zhlora.merge.reader import open_header
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with open_header(path) as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {k: tuple(v.shape) for k, v in sd.items()}

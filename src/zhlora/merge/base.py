@@ -115,9 +115,9 @@ def _indexed_files(folder: Path, kind: str) -> list[Path] | None:
 
 def _headers(path: Path, kind: str) -> Iterator[tuple[str, tuple[int, ...], torch.dtype]]:
     if kind == "safetensors":
-        from safetensors import safe_open
+        from zhlora.merge.reader import open_header
 
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with open_header(path) as f:
             for k in f.keys():
                 sl = f.get_slice(k)
                 dt = sl.get_dtype()

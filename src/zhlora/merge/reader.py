@@ -55,3 +55,14 @@ class SafetensorsReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def open_header(path: Path):
+    """`safe_open` for header/shape reads, with a damaged file reported as a ZhloraError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ZhloraError(f"{path}: not a readable safetensors file ({e}); the file is damaged or "
+                          "incomplete: copy it again from the original model or adapter") from None

@@ -87,6 +87,7 @@ def _generic_fast_tokenizer(path):
 def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
                allow_bin: bool = False, attn_implementation: str | None = "sdpa"):
     """Load a causal LM from a local folder (never the hub, never remote code)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     import zhlora  # noqa: F401  (registers the native ChatGLM family)
@@ -97,13 +98,16 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except ValueError as e:
-        if "attn_implementation" in str(e) or "sdpa" in str(e).lower():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        except ValueError as e:
+            if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
+                raise
             kwargs.pop("attn_implementation")
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        else:
-            raise ZhloraError(f"{path}: could not load the model: {e}") from None
+    except (ValueError, OSError, RuntimeError, SafetensorError) as e:
+        raise ZhloraError(f"{path}: could not load the model weights ({type(e).__name__}: {e}). Check that "
+                          "the weight files are complete (re-copy or re-download them) and match config.json") from None
     if device:
         model.to(device)
     return model
