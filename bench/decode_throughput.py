@@ -38,29 +38,13 @@ PROMPTS = ["今天天气很好，我们去公园散步。", "请把这句话翻�
 
 def build(tmp: Path):
     """-> (base dir, {name: adapter dir})."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from zhlora.families import fingerprint
-    from zhlora.models.tiny import make_tiny_model
-    from zhlora.runinfo import write_adapter_meta
+    from zhlora.models.tiny import make_tiny_adapter, make_tiny_model
 
     cjk = "".join(chr(0x4E00 + i) for i in range(5700))
     base = make_tiny_model(tmp / "base", "llama", texts=PROMPTS, hidden=512, layers=8, heads=8, kv_heads=8,
                            extra_chars=cjk)
-    adapters = {}
-    for seed, name in ((1, "gec"), (2, "poem")):
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-        torch.manual_seed(seed)
-        peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
-        for n, p in peft.named_parameters():
-            if "lora_B" in n:
-                torch.nn.init.normal_(p, std=0.02)
-        peft.save_pretrained(str(tmp / name))
-        write_adapter_meta(tmp / name, {"base_model": str(base), "base_fingerprint": fingerprint(base),
-                                        "template": "default"})
-        adapters[name] = tmp / name
+    adapters = {name: make_tiny_adapter(base, tmp / name, seed=seed, r=8, alpha=16, b_std=0.02, template="default")
+                for seed, name in ((1, "gec"), (2, "poem"))}
     return base, adapters
 
 

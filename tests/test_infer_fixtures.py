@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["你好", "今天天气很好，我们去公园散步。", "请把这句话翻译成英文：我爱北京天安门。", "人工智能"]
@@ -21,25 +20,9 @@ PROMPTS = ["你好", "今天天气很好，我们去公园散步。", "请把这
 
 def make_adapter(base: Path, out: Path, seed: int, template: str = "alpaca", generation=None) -> Path:
     """A LoRA adapter on q/v with random lora_B (std 0.5) so it visibly changes the output."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from zhlora.models.tiny import make_tiny_adapter
 
-    from zhlora.families import fingerprint
-    from zhlora.runinfo import write_adapter_meta
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    for name, p in peft.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    peft.save_pretrained(str(out))
-    meta = {"base_model": str(base), "base_fingerprint": fingerprint(base), "family": "llama",
-            "template": template}
-    if generation:
-        meta["generation"] = generation
-    write_adapter_meta(out, meta)
-    return out
+    return make_tiny_adapter(base, out, seed=seed, template=template, generation=generation)
 
 
 @pytest.fixture(scope="session")
