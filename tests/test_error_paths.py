@@ -43,3 +43,33 @@ def test_merge_damaged_base(tiny_llama, damaged_model, tmp_path, capsys):
 def test_folder_given_as_data_file(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path)]) != 0
     assert "is a folder; pass the data file itself" in capsys.readouterr().err
+
+
+def _run_without(module: str, argv: list[str]):
+    """Run the CLI in a fresh process where `module` cannot be imported."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.modules[{module!r}] = None; from zhlora.cli import main; "
+            f"raise SystemExit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_optional_dependency_says_which_extra(tiny_llama, tmp_path):
+    res = _run_without("gguf", ["export", "gguf", "--model", str(tiny_llama), "--output", str(tmp_path / "m.gguf")])
+    assert res.returncode == 2, res.stderr[-1500:]
+    assert "pip install 'zhlora[export]'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_without_tensorboard_or_deepspeed(tiny_llama, tmp_path):
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "data" / "zh_instruct_sample.jsonl"
+    common = ["train", f"model={tiny_llama}", f"data={data}", "max_steps=1", "save_steps=0", "template=alpaca"]
+    res = _run_without("tensorboard", common + [f"output_dir={tmp_path / 'a'}"])
+    assert res.returncode == 0, res.stderr[-1500:]
+    assert "tensorboard is not installed" in res.stdout and (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    ds = Path(__file__).resolve().parents[1] / "examples" / "deepspeed" / "zero2.json"
+    res = _run_without("deepspeed", common + [f"output_dir={tmp_path / 'b'}", f"deepspeed={ds}"])
+    assert res.returncode == 2 and "DS_BUILD_OPS=0 pip install 'zhlora[deepspeed]'" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "b").exists()

@@ -23,6 +23,23 @@ COMMAND_MODULES = [
 ]
 
 
+# Optional dependencies -> the extra that installs them (pyproject.toml).
+OPTIONAL = {"fastapi": "serve", "uvicorn": "serve", "gguf": "export", "pypinyin": "gec", "jieba": "gec",
+            "opencc": "gec", "pycorrector": "gec", "snownlp": "gec", "tiktoken": "glm4", "gradio": "webui",
+            "deepspeed": "deepspeed", "tensorboard": "train", "matplotlib": "train"}
+
+
+def missing_dependency_message(e: ImportError) -> str | None:
+    """A what-to-do message for an optional package that is not installed, else None."""
+    top = (e.name or "").split(".")[0]
+    if top not in OPTIONAL:
+        return None
+    extra = OPTIONAL[top]
+    prefix = "DS_BUILD_OPS=0 " if extra == "deepspeed" else ""
+    return (f"this command needs the optional package {top!r}, which is not installed; install it with\n"
+            f"    {prefix}pip install 'zhlora[{extra}]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zhlora", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ZhloraError as e:
         print(f"zhlora {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        msg = missing_dependency_message(e)
+        if msg is None:
+            raise
+        print(f"zhlora {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

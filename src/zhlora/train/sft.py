@@ -152,6 +152,16 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     dtype = resolve_dtype(cfg.dtype)
     eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
     report = [] if cfg.report_to in ("none", "", None) else [cfg.report_to]
+    if "tensorboard" in report and not _importable("tensorboard"):
+        say("report_to=tensorboard but tensorboard is not installed (pip install 'zhlora[train]'); "
+            "training without TensorBoard logs (train_log.jsonl is still written)")
+        report = []
+    if cfg.deepspeed:
+        if not _importable("deepspeed"):
+            raise ZhloraError(f"deepspeed={cfg.deepspeed} needs DeepSpeed, which is not installed; install it "
+                              "with DS_BUILD_OPS=0 pip install 'zhlora[deepspeed]', or drop the deepspeed key")
+        if not Path(cfg.deepspeed).is_file():
+            raise ZhloraError(f"deepspeed={cfg.deepspeed}: no such file; ZeRO configs ship in examples/deepspeed/")
     if "tensorboard" in report:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plan.partial / "runs"))
     return TrainingArguments(
@@ -170,6 +180,14 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         deepspeed=cfg.deepspeed,
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,
     )
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
