@@ -165,11 +165,19 @@ def _add_eval(sub) -> None:
                    help="per sentence (default: 2 x longest source + 20)")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--decoding", choices=("free", "confusion"), default="free",
-                   help="free greedy rewriting (default) or confusion: one character per source "
-                   "character, a confusion candidate only when it beats the source by --margin")
+    p.add_argument("--decoding", choices=("free", "confusion", "rescore"), default="free",
+                   help="free greedy rewriting (default); confusion: one character per source "
+                   "character, a confusion candidate only when it beats the source by --margin; "
+                   "rescore: confusion candidates judged on the whole sentence (both sides)")
     p.add_argument("--margin", type=float, default=1.0,
-                   help="confusion decoding: log-probability lead a candidate needs (default 1.0)")
+                   help="confusion/rescore decoding: log-probability lead a candidate needs (default 1.0)")
+    p.add_argument("--lm-weight", type=float, default=1.0,
+                   help="rescore: weight of the sentence's plain-text log-probability gain (default 1.0)")
+    p.add_argument("--answer-weight", type=float, default=1.0,
+                   help="rescore: weight of the log-probability gain as the answer to the GEC prompt "
+                   "(default 1.0)")
+    p.add_argument("--top-k", type=int, default=2,
+                   help="rescore: candidates per position checked on the whole sentence (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_eval)
 
@@ -183,7 +191,8 @@ def cmd_eval(args) -> int:
     cfg = EvalConfig(model=args.model, adapter=args.adapter, data=args.data, format=args.format,
                      output=output, template=args.template, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, limit=args.limit, dtype=args.dtype,
-                     overwrite=args.overwrite, decoding=args.decoding, margin=args.margin)
+                     overwrite=args.overwrite, decoding=args.decoding, margin=args.margin,
+                     lm_weight=args.lm_weight, answer_weight=args.answer_weight, top_k=args.top_k)
     result = run_eval(cfg, progress=sys.stderr.isatty())
     print(result.report)
     print(f"wrote {output}/ (predictions.para, predictions.jsonl, hyp.m2, ref.m2, report.md, "

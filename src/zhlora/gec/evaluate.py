@@ -187,8 +187,11 @@ class EvalConfig:
     limit: int = 0                # 0: all
     dtype: str = "auto"
     overwrite: bool = False
-    decoding: str = "free"        # free | confusion (zhlora.gec.constrained: substitutions only)
-    margin: float = 1.0           # confusion decoding: log-prob lead a candidate needs over the source
+    decoding: str = "free"        # free | confusion (zhlora.gec.constrained) | rescore (zhlora.gec.rescore)
+    margin: float = 1.0           # confusion/rescore: log-prob lead a candidate needs over the source
+    lm_weight: float = 1.0        # rescore: weight of the sentence's plain-text log-prob gain
+    answer_weight: float = 1.0    # rescore: weight of the answer-to-the-GEC-prompt log-prob gain
+    top_k: int = 2                # rescore: candidates per position checked on the whole sentence
 
 
 @dataclass
@@ -223,8 +226,15 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
 
         return correct(engine, sources, adapter="gec" if cfg.adapter else None, margin=cfg.margin,
                        batch_size=cfg.batch_size, progress=progress)
+    if cfg.decoding == "rescore":
+        from zhlora.gec.rescore import RescoreOptions, correct_rescored
+
+        opts = RescoreOptions(margin=cfg.margin, lm_weight=cfg.lm_weight,
+                              answer_weight=cfg.answer_weight, top_k=cfg.top_k)
+        return correct_rescored(engine, sources, adapter="gec" if cfg.adapter else None, opts=opts,
+                                batch_size=cfg.batch_size, progress=progress)
     if cfg.decoding != "free":
-        raise ZhloraError(f"unknown decoding {cfg.decoding!r}; use free or confusion")
+        raise ZhloraError(f"unknown decoding {cfg.decoding!r}; use free, confusion or rescore")
     max_new = cfg.max_new_tokens or min(1024, 2 * max(len(s) for s in sources) + 20)
     opts = GenerationOptions(max_new_tokens=max_new, temperature=0.0)
     convs = [gec_conversation(s) for s in sources]
@@ -266,14 +276,23 @@ def _write_outputs(folder: Path, examples, raw, cleaned, result: EvalResult) -> 
     (folder / "report.md").write_text(result.report + "\n", encoding="utf-8")
 
 
+def _decoding_line(cfg: EvalConfig) -> str:
+    if cfg.decoding == "free":
+        return (f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
+                f"{cfg.max_new_tokens or '2 x longest source + 20'}")
+    if cfg.decoding == "rescore":
+        return (f"- decoding: confusion candidates rescored on the whole sentence (margin {cfg.margin}, "
+                f"answer weight {cfg.answer_weight}, lm weight {cfg.lm_weight}, top-k {cfg.top_k}), "
+                f"batch {cfg.batch_size}")
+    return f"- decoding: confusion-constrained greedy (margin {cfg.margin}), batch {cfg.batch_size}"
+
+
 def report_markdown(cfg: EvalConfig, fmt: str, n: int, result: EvalResult) -> str:
     changed = sum(result.fallbacks.values())
     parts = [f"# GEC evaluation: {Path(cfg.data).name}", "",
              f"- data: `{cfg.data}` ({fmt}, {n} sentences)",
              f"- model: `{cfg.model or '(from adapter)'}`; adapter: `{cfg.adapter or '(none)'}`",
-             (f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
-              f"{cfg.max_new_tokens or '2 x longest source + 20'}" if cfg.decoding == "free" else
-              f"- decoding: confusion-constrained greedy (margin {cfg.margin}), batch {cfg.batch_size}"),
+             _decoding_line(cfg),
              f"- answers replaced by the source: {changed}"
              + (f" ({', '.join(f'{k} {v}' for k, v in sorted(result.fallbacks.items()))})" if changed else ""),
              "", "## ChERRANT (char level, span-based correction)", "", cherrant_table(result.score)]

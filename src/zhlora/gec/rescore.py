@@ -1,0 +1,185 @@
+"""Confusion candidates judged by the whole sentence (`gec eval --decoding rescore`).
+
+The greedy confusion decoder (`zhlora.gec.constrained`) decides position i from the left
+context of the answer only. This decoder looks at both sides, in two passes over the same
+model (base, base + adapter or merged, whichever is evaluated):
+
+1. propose: one teacher-forced forward of the unchanged sentence gives, at every position i,
+   log p(c | left context) - log p(s_i | left context) for each confusion candidate c; the
+   `top_k` best candidates per position whose lead is above `propose` go on.
+2. verify: every proposed sentence (the source with s_i -> c, nothing else changed) is scored
+   as a whole, and the change is made when
+
+       score(c at i) = [log P_answer(edited) - log P_answer(source)]
+                       + lm_weight * [log P_text(edited) - log P_text(source)]  > margin
+
+   P_answer is the model's probability of the sentence as the answer to the GEC prompt (the
+   prompt the adapter was trained on); P_text the probability of the sentence as plain text,
+   `<s> sentence </s>` (the base's pretraining format). Both sums run to the end of the
+   sentence and its end token, so the characters after i vote too. At most one change per
+   position (the best); changes at different positions are judged independently against
+   the source and all applied.
+
+Only substitutions inside the confusion sets are made, as with the greedy decoder, and it
+needs one token per Chinese character. Cost: two short forwards per sentence plus one row per
+proposal and view; `top_k` and `propose` bound the number of proposals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from zhlora.errors import ZhloraError
+
+DEFAULT_LM_WEIGHT = 1.0
+DEFAULT_TOP_K = 2
+DEFAULT_PROPOSE = -3.0
+
+
+@dataclass
+class RescoreOptions:
+    margin: float = 3.0            # summed log-prob lead a change needs over the source
+    lm_weight: float = DEFAULT_LM_WEIGHT   # weight of the plain-text score (0: answer only)
+    answer_weight: float = 1.0     # weight of the answer-to-the-prompt score (0: text only)
+    top_k: int = DEFAULT_TOP_K     # candidates per position sent to the whole-sentence check
+    propose: float = DEFAULT_PROPOSE   # left-context lead a candidate needs to be proposed
+
+    def check(self) -> None:
+        if self.top_k < 1:
+            raise ZhloraError(f"rescore top-k must be at least 1, got {self.top_k} (e.g. --top-k 2)")
+        if self.lm_weight < 0 or self.answer_weight < 0 or self.lm_weight + self.answer_weight == 0:
+            raise ZhloraError(f"--lm-weight {self.lm_weight} and --answer-weight {self.answer_weight}: "
+                              "both must be >= 0 and one of them > 0")
+
+
+@dataclass
+class View:
+    """One way of reading a sentence: prefix token ids per source, and its weight."""
+    prefixes: list[list[int]]
+    weight: float
+
+
+def _forward(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Log-probabilities (B, T, V) of right-padded rows (positions are 0..len-1 either way)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[b, :len(r)] = 1
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def _batches(items: list, rows: list[list[int]], batch_size: int):
+    """(chunk of items, their rows), longest rows first so padding stays small."""
+    order = sorted(range(len(items)), key=lambda k: -len(rows[k]))
+    for s in range(0, len(order), batch_size):
+        ks = order[s:s + batch_size]
+        yield [items[k] for k in ks], [rows[k] for k in ks]
+
+
+def propose(model, view: View, answers: list[list[int]], alts, pad_id: int,
+            batch_size: int) -> dict[tuple[int, int, int], float]:
+    """{(sentence, position, candidate id): weighted left-context lead over the source char}."""
+    eos_rows = [view.prefixes[n] + a for n, a in enumerate(answers)]
+    leads: dict[tuple[int, int, int], float] = {}
+    for ns, rows in _batches(list(range(len(answers))), eos_rows, batch_size):
+        lp = _forward(model, rows, pad_id)                            # (B, T, V)
+        for b, n in enumerate(ns):
+            start = len(view.prefixes[n]) - 1                         # predicts answer char 0
+            for i, cands in enumerate(alts[n]):
+                if cands:
+                    row = lp[b, start + i]
+                    lead = (row[cands] - row[answers[n][i]]) * view.weight
+                    leads.update({(n, i, c): v for c, v in zip(cands, lead.tolist())})
+    return leads
+
+
+def pick_proposals(leads: dict, opts: RescoreOptions) -> list[tuple[int, int, int]]:
+    """The top_k candidates per position whose lead exceeds opts.propose."""
+    by_pos: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    for (n, i, c), v in leads.items():
+        if v > opts.propose:
+            by_pos.setdefault((n, i), []).append((v, c))
+    return [(n, i, c) for (n, i), vs in sorted(by_pos.items())
+            for _, c in sorted(vs, key=lambda x: (-x[0], x[1]))[:opts.top_k]]
+
+
+def verify(model, view: View, answers: list[list[int]], props: list[tuple[int, int, int]],
+           pad_id: int, batch_size: int) -> dict[tuple[int, int, int], float]:
+    """{proposal: weighted whole-sentence log-prob gain of the edited over the source row}."""
+    items = [(n, -1, -1) for n in sorted({p[0] for p in props})] + list(props)
+    rows = []
+    for n, i, c in items:
+        answer = list(answers[n])
+        if i >= 0:
+            answer[i] = c
+        rows.append(view.prefixes[n] + answer)
+    token_lp: dict[tuple[int, int, int], torch.Tensor] = {}
+    for chunk, chunk_rows in _batches(items, rows, batch_size):
+        lp = _forward(model, chunk_rows, pad_id)                      # (B, T, V)
+        for b, (n, i, c) in enumerate(chunk):
+            p, r = len(view.prefixes[n]), chunk_rows[b]
+            nxt = torch.tensor(r[p:], dtype=torch.long)               # answer tokens (L+1,)
+            token_lp[(n, i, c)] = lp[b, p - 1:len(r) - 1].gather(1, nxt[:, None])[:, 0]
+    return {(n, i, c): view.weight * float((token_lp[(n, i, c)][i:] - token_lp[(n, -1, -1)][i:]).sum())
+            for n, i, c in props}
+
+
+def correct_rescored(engine, sources: list[str], adapter: str | None = None,
+                     opts: RescoreOptions | None = None, batch_size: int = 16, confusion=None,
+                     progress: bool = False) -> list[str]:
+    """Corrected sentences (same length as their sources), in input order."""
+    from zhlora.gec.confusion import load_confusion
+    from zhlora.gec.constrained import build_choices, candidate_table
+    from zhlora.gec.prompt import gec_conversation
+
+    opts = opts or RescoreOptions()
+    opts.check()
+    tok = engine.tokenizer
+    if tok.unk_token_id is None or tok.eos_token_id is None:
+        raise ZhloraError("rescore decoding needs a tokenizer with unknown- and end-token ids "
+                          "(a character-level vocabulary); use --decoding free for this model")
+    confusion = confusion or load_confusion("".join(tok.get_vocab()), prefer="auto")
+    choices = build_choices(sources, tok, candidate_table(tok, confusion))
+    answers = [[k if k >= 0 else tok.unk_token_id for k in keep] + [tok.eos_token_id]
+               for keep in choices.keep]                              # (N, len_i + 1)
+    views = []
+    if opts.answer_weight > 0:
+        views.append(View([engine.encode(gec_conversation(s), adapter) for s in sources], opts.answer_weight))
+    if opts.lm_weight > 0:
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
+        views.append(View([bos] * len(sources), opts.lm_weight))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    gains: dict[tuple[int, int, int], float] = {}
+    with engine.using(adapter) as model:
+        leads: dict[tuple[int, int, int], float] = {}
+        for v in views:
+            for k, x in propose(model, v, answers, choices.alts, pad, batch_size).items():
+                leads[k] = leads.get(k, 0.0) + x
+        props = pick_proposals(leads, opts)
+        for v in _progress(views, progress):
+            for k, x in verify(model, v, answers, props, pad, batch_size).items():
+                gains[k] = gains.get(k, 0.0) + x
+    return apply_gains(sources, gains, opts.margin, tok)
+
+
+def apply_gains(sources: list[str], gains: dict, margin: float, tok) -> list[str]:
+    """Per position the best candidate whose gain exceeds `margin` replaces the source char."""
+    best: dict[tuple[int, int], tuple[float, int]] = {}
+    for (n, i, c), g in sorted(gains.items()):
+        if g > margin and g > best.get((n, i), (float("-inf"), -1))[0]:
+            best[(n, i)] = (g, c)
+    out = [list(s) for s in sources]
+    for (n, i), (_, c) in best.items():
+        out[n][i] = tok.convert_ids_to_tokens(c)
+    return ["".join(o) for o in out]
+
+
+def _progress(views: list[View], show: bool):
+    from tqdm import tqdm
+
+    return tqdm(views, unit="view", disable=not show, leave=False, desc="rescoring")
