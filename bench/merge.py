@@ -1,12 +1,18 @@
 """Benchmark: zhlora's streaming merge vs PEFT merge_and_unload + save_pretrained vs the I/O floor.
 
-    nice -n 10 .venv/bin/python bench/merge.py [--workdir /tmp/zhlora_merge_bench] [--keep]
+    nice -n 10 .venv/bin/python bench/merge.py [--workdir /tmp/zhlora_merge_bench] [--repeats 3] [--keep]
 
 Builds (shard by shard, never a whole model in memory) a synthetic fp16 LLaMA base of about
 1.7 GB in 4 safetensors shards and a rank-64 adapter on all linear layers, then runs each
 method in its own subprocess under /usr/bin/time -v (peak RSS) and prints a markdown table.
 Goals: zhlora peak RSS <= 1.25 x (largest shard + adapter), >= 3x less than PEFT, wall time
 <= 2x the I/O floor (read + write the same bytes).
+
+Every method ends with its output on disk (zhlora merge fsyncs before renaming its folder
+into place; the I/O floor and the PEFT script fsync their files), and before each run the
+previous output is deleted and the page cache's dirty data flushed (`sync`, then 1 s, untimed),
+so no method pays for another's writes. An untimed first copy puts the inputs in the page
+cache for every method alike.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -85,25 +92,30 @@ def build_adapter(d: Path) -> None:
 
 
 PEFT_SCRIPT = """
-import sys, torch
+import os, sys, torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 base, adapter, out = sys.argv[1:4]
 model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float16, local_files_only=True)
 model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
 model.save_pretrained(out, max_shard_size="2GB")
+for f in __import__("pathlib").Path(out).iterdir():   # on disk, as zhlora merge leaves it
+    fd = os.open(f, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 IO_SCRIPT = """
-import sys, pathlib, shutil
+import os, sys, pathlib, shutil
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 out.mkdir()
 for f in sorted(src.glob('*.safetensors')):
     with open(f, 'rb') as r, open(out / f.name, 'wb') as w:
         shutil.copyfileobj(r, w, 16 << 20)
+        w.flush(); os.fsync(w.fileno())
 """
 
 
 def measure(label: str, cmd: list[str], env: dict) -> dict:
+    os.sync()      # start clean: no method pays for the previous one's dirty pages or deletions
+    time.sleep(1)
     t0 = time.perf_counter()
     res = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -117,6 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default="/tmp/zhlora_merge_bench")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of all methods; medians are reported")
     args = ap.parse_args()
     wd = Path(args.workdir)
     shutil.rmtree(wd, ignore_errors=True)
@@ -131,20 +144,38 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "TQDM_DISABLE": "1"}
     py = sys.executable
-    rows = [measure("I/O floor (read + write the shards)", [py, "-c", IO_SCRIPT, str(wd / "base"), str(wd / "io")], env),
-            measure("zhlora merge", [py, "-m", "zhlora", "merge", "--base", str(wd / "base"), "--adapter",
-                                     str(wd / "adapter"), "--output", str(wd / "zh"), "--no-progress"], env),
-            measure("PEFT merge_and_unload + save_pretrained",
-                    [py, "-c", PEFT_SCRIPT, str(wd / "base"), str(wd / "adapter"), str(wd / "peft")], env),
-            measure("(zhlora CLI start-up alone: `zhlora --help`)", [py, "-m", "zhlora", "--help"], env)]
+    methods = [("I/O floor (read + write the shards)", "io", [py, "-c", IO_SCRIPT, str(wd / "base"), str(wd / "io")]),
+               ("zhlora merge", "zh", [py, "-m", "zhlora", "merge", "--base", str(wd / "base"), "--adapter",
+                                       str(wd / "adapter"), "--output", str(wd / "zh"), "--no-progress"]),
+               ("PEFT merge_and_unload + save_pretrained", "peft",
+                [py, "-c", PEFT_SCRIPT, str(wd / "base"), str(wd / "adapter"), str(wd / "peft")]),
+               ("(zhlora CLI start-up alone: `zhlora --help`)", None, [py, "-m", "zhlora", "--help"])]
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in methods}
+    measure("warm-up (untimed): page-cache the inputs", methods[0][2], env)
+    shutil.rmtree(wd / "io")
+    for rep in range(args.repeats):      # the methods alternate, so a busy spell hits all of them
+        for label, out, cmd in methods:
+            runs[label].append(measure(label, cmd, env))
+            if out:      # deleted (and synced, settled) before the next method starts
+                shutil.rmtree(wd / out, ignore_errors=True)
+        print(f"round {rep + 1}/{args.repeats}: " + ", ".join(f"{r[-1]['wall_s']:.1f}s" for r in runs.values()),
+              file=sys.stderr)
+    rows = [{"method": label, "wall_s": statistics.median(r["wall_s"] for r in rs),
+             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+             "ratio_runs": [r["wall_s"] for r in rs]} for label, rs in runs.items()]
     floor, zh, peft, startup = rows
     limit = 1.25 * (shard_mb + adapter_mb)
     print(f"\nDate {date.today()}, {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{platform.python_version()}; base {base_mb:.0f} MiB fp16 in {len(shards)} shards "
           f"(largest {shard_mb:.0f} MiB), adapter rank {RANK} all-linear {adapter_mb:.0f} MiB fp32\n")
-    print("| method | wall (s) | peak RSS (MiB) |\n|---|---:|---:|")
+    print(f"Medians of {args.repeats} rounds (the methods alternate within a round).\n")
+    print("| method | wall (s), median | runs (s) | peak RSS (MiB), median |\n|---|---:|---|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        runs_s = " / ".join(f"{x:.1f}" for x in r["ratio_runs"])
+        print(f"| {r['method']} | {r['wall_s']:.1f} | {runs_s} | {r['peak_rss_mb']:.0f} |")
+    per_round = [z / f for z, f in zip(rows[1]["ratio_runs"], rows[0]["ratio_runs"])]
+    print(f"\nzhlora wall / I/O floor per round: " + " / ".join(f"{x:.2f}" for x in per_round)
+          + f" (median {statistics.median(per_round):.2f}x)")
     print(f"\nzhlora peak RSS / (largest shard + adapter) = {zh['peak_rss_mb'] / (shard_mb + adapter_mb):.2f} "
           f"(goal <= 1.25, i.e. <= {limit:.0f} MiB)")
     print(f"PEFT / zhlora peak RSS = {peft['peak_rss_mb'] / zh['peak_rss_mb']:.1f}x (goal >= 3x)")

@@ -1,8 +1,10 @@
 """Output folders that are never half-written.
 
 Everything zhlora writes as a result (adapters, merged models, reports) is built in a
-temporary sibling folder and renamed into place only when complete. An existing output is
-refused unless the caller says `overwrite=True`.
+temporary sibling folder, flushed to disk (fsync) and renamed into place only when complete,
+so that neither a killed process nor a crash of the machine leaves a folder that looks done
+but holds missing or empty files. An existing output is refused unless the caller says
+`overwrite=True`.
 """
 from __future__ import annotations
 
@@ -42,7 +44,25 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    sync_tree(tmp)
     replace_dir(tmp, out)
+    _fsync_path(out.parent)
+
+
+def sync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (cheap for files already synced)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -63,4 +83,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, p)

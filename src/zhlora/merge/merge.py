@@ -8,15 +8,20 @@ For each base tensor W (out, in), every adapter that touches it is applied in or
 
 fp32 because on CPU fp16/bf16 matmuls are slow and each rounding of an intermediate would
 add error; the result is rounded once to the output dtype. Memory held: the tensor being
-merged, its fp32 copy and the two small factors -- never the whole model.
+merged, one reused fp32 work buffer and the small factors, the next base tensor being read
+and the results waiting to be written (background threads, about ShardOutputs.MAX_QUEUED
+bytes) -- never the whole model.
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -70,51 +75,72 @@ def write_weights(plan: MergePlan, out: Path, progress: bool = True) -> None:
     for t in plan.tensors:
         by_file.setdefault(t.src.file, []).append(t)
     shards = ShardOutputs(plan, out)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="zhlora-merge-read")
+    scratch, owned = Scratch(), plan.base.kind == "safetensors"   # our reader's buffers are private
     bar = tqdm(total=len(plan.tensors), unit="tensor", desc="merge", disable=not progress)
     try:
         for file, tensors in by_file.items():
             bar.set_postfix_str(file.name)
             with plan.base.open_file(file) as get:
-                for t in tensors:
-                    shards.put(t.name, merge_tensor(get(t.name), t, plan.adapters))
+                for t, w in zip(tensors, read_ahead(get, [t.name for t in tensors], reader)):
+                    shards.put(t.name, merge_tensor(w, t, plan.adapters, scratch, owned))
                     bar.update(1)
         shards.finish()
     finally:
         bar.close()
+        reader.shutdown(wait=True)
         shards.close()
 
 
+def read_ahead(get, names: list[str], pool: ThreadPoolExecutor) -> Iterator[torch.Tensor]:
+    """get(name) for each name in order, the next one read in the background while the caller
+    merges the current one (the read releases the GIL): at most one tensor is read ahead."""
+    nxt = pool.submit(get, names[0]) if names else None
+    for i in range(len(names)):
+        cur = nxt.result()
+        nxt = pool.submit(get, names[i + 1]) if i + 1 < len(names) else None
+        yield cur
+        del cur
+
+
 class ShardOutputs:
-    """Routes each merged tensor to its planned shard file. The disk write runs in a background
-    thread so it overlaps the next tensor's merge; at most one tensor waits to be written."""
+    """Routes each merged tensor to its planned shard file. Writing runs in a background
+    thread, so merging goes on while up to `MAX_QUEUED` bytes wait to be written; a second
+    thread pushes written bytes to disk (fdatasync while a shard grows, fsync when it ends)."""
+
+    MAX_QUEUED = 64 << 20
 
     def __init__(self, plan: MergePlan, out: Path):
         self.plan, self.out, self.names = plan, out, plan.shard_names
         self.where = {t.name: i for i, shard in enumerate(plan.shards) for t in shard}
-        self.writer: StreamingShardWriter | None = None
+        self.writers: list[StreamingShardWriter] = []
         self.current = -1
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="zhlora-merge-write")
-        self.pending = None
+        self.sync_pool = ThreadPoolExecutor(1, thread_name_prefix="zhlora-merge-sync")
+        self.queued: deque = deque()      # (future of a write, bytes)
+        self.closing: list = []           # futures of writer.close (each -> future of its fsync)
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
-        self._wait()
         if self.where[name] != self.current:
-            if self.writer:
-                self.writer.close()
+            if self.writers:
+                self.closing.append(self.pool.submit(self.writers[-1].close))
             self.current = self.where[name]
-            self.writer = StreamingShardWriter(self.out / self.names[self.current],
-                                               [(x.name, x.dtype, x.shape) for x in self.plan.shards[self.current]])
-        self.pending = self.pool.submit(self.writer.write, name, tensor)
-
-    def _wait(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
+            self.writers.append(StreamingShardWriter(
+                self.out / self.names[self.current],
+                [(x.name, x.dtype, x.shape) for x in self.plan.shards[self.current]], self.sync_pool))
+        self.queued.append((self.pool.submit(self.writers[-1].write, name, tensor), tensor.nbytes))
+        while len(self.queued) > 1 and sum(n for _, n in self.queued) > self.MAX_QUEUED:
+            self.queued.popleft()[0].result()
 
     def finish(self) -> None:
-        self._wait()
-        if self.writer:
-            self.writer.close()
+        while self.queued:
+            self.queued.popleft()[0].result()
+        if self.writers:
+            self.closing.append(self.pool.submit(self.writers[-1].close))
+        for job in self.closing:
+            synced = job.result()
+            if synced is not None:
+                synced.result()
         if len(self.names) > 1:
             total = sum(t.nbytes for t in self.plan.tensors)
             index = {"metadata": {"total_size": total},
@@ -122,29 +148,62 @@ class ShardOutputs:
             (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
 
     def close(self) -> None:
-        """Release the thread and file, also after an error (the folder is then discarded)."""
+        """Release the threads and files, also after an error (the folder is then discarded)."""
         self.pool.shutdown(wait=True)
-        if self.writer and not self.writer.f.closed:
-            self.writer.f.close()
+        self.sync_pool.shutdown(wait=True)
+        for w in self.writers:
+            if not w.f.closed:
+                w.f.close()
 
 
-def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torch.Tensor:
-    """Apply t.ops to the base tensor w (fp32 math); check the result is finite."""
-    if t.ops:
-        w = w.to(torch.float32, copy=True)
+class Scratch:
+    """One fp32 work buffer reused for every merged tensor: a fresh multi-megabyte buffer per
+    tensor costs more in page faults than the conversions themselves."""
+
+    def __init__(self):
+        self.flat = torch.empty(0, dtype=torch.float32)
+
+    def view(self, shape) -> torch.Tensor:
+        n = math.prod(shape)
+        if self.flat.numel() < n:
+            self.flat = torch.empty(n, dtype=torch.float32)
+        return self.flat[:n].view(shape)
+
+
+def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter], scratch: Scratch | None = None,
+                 reuse_input: bool = False) -> torch.Tensor:
+    """Apply t.ops to the base tensor w (fp32 math, rounded once); check the result is finite.
+
+    reuse_input: w is a private buffer (read for this merge) that may receive the result."""
+    if not t.ops:
+        return _checked(w.to(t.dtype), t, adapters)
+    scratch = scratch or Scratch()
+    acc = scratch.view(w.shape)
+    acc.copy_(w)
+    replaced = False
     for op in t.ops:
         ad = adapters[op.adapter]
         if op.replace_key:
-            w = ad.tensor(op.replace_key).to(torch.float32, copy=True)
+            saved = ad.tensor(op.replace_key)
+            acc = scratch.view(saved.shape)
+            acc.copy_(saved)
+            replaced = True
             continue
         p = op.pair
         a = ad.tensor(p.a_key).to(torch.float32)  # (r, in)
         b = ad.tensor(p.b_key).to(torch.float32)  # (out, r)
         if p.kind == "embedding" or p.fan_in_fan_out:
-            w.addmm_(a.T, b.T, alpha=p.scale)     # (B @ A).T = A.T @ B.T
+            acc.addmm_(a.T, b.T, alpha=p.scale)     # (B @ A).T = A.T @ B.T
         else:
-            w.addmm_(b, a, alpha=p.scale)
-    out = w.to(t.dtype)
+            acc.addmm_(b, a, alpha=p.scale)
+    if reuse_input and not replaced and w.dtype == t.dtype:
+        out = w.copy_(acc)
+    else:     # a new buffer: the scratch is overwritten by the next tensor while this one waits
+        out = torch.empty(acc.shape, dtype=t.dtype).copy_(acc)
+    return _checked(out, t, adapters)
+
+
+def _checked(out: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torch.Tensor:
     changed = bool(t.ops) or out.dtype != t.src.dtype   # untouched base tensors are the base's business
     if changed and out.is_floating_point() and not all_finite(out):
         src = ", ".join(str(adapters[op.adapter].folder) for op in t.ops) or "the base itself"

@@ -11,7 +11,9 @@ with spaces to a multiple of 8 bytes, then the tensors' bytes back to back in he
 from __future__ import annotations
 
 import json
+import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -20,9 +22,15 @@ from zhlora.errors import ZhloraError
 from zhlora.merge.base import ST_NAMES
 
 
+SYNC_EVERY = 64 << 20
+
+
 class StreamingShardWriter:
-    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]]):
-        self.path = path
+    def __init__(self, path: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 sync_pool: ThreadPoolExecutor | None = None):
+        self.path, self.sync_pool = path, sync_pool
+        self.unsynced = 0                       # bytes written since the last background sync
+        self.syncing: Future | None = None
         self.expected = [name for name, _, _ in entries]
         header: dict = {"__metadata__": {"format": "pt"}}
         offset = 0
@@ -51,8 +59,28 @@ class StreamingShardWriter:
         if data.numel():
             self.f.write(memoryview(data.numpy()))
         self.done += 1
+        self.unsynced += data.numel()
+        if self.sync_pool and self.unsynced >= SYNC_EVERY and (self.syncing is None or self.syncing.done()):
+            self.f.flush()
+            self.syncing, self.unsynced = self.sync_pool.submit(os.fdatasync, self.f.fileno()), 0
 
-    def close(self) -> None:
-        self.f.close()
-        if self.done != len(self.expected):
-            raise ZhloraError(f"internal error: {self.path.name} got {self.done} of {len(self.expected)} tensors")
+    def close(self) -> Future | None:
+        """Check every tensor came and flush. The fsync and the close run on the sync pool
+        (the returned future; the writing thread goes on with the next shard) or here."""
+        try:
+            self.f.flush()
+            if self.done != len(self.expected):
+                raise ZhloraError(f"internal error: {self.path.name} got {self.done} of {len(self.expected)} tensors")
+        except BaseException:
+            self.f.close()
+            raise
+        if self.sync_pool:
+            return self.sync_pool.submit(self._fsync_close)
+        self._fsync_close()
+        return None
+
+    def _fsync_close(self) -> None:
+        try:
+            os.fsync(self.f.fileno())
+        finally:
+            self.f.close()
