@@ -35,8 +35,12 @@ def register(sub) -> None:
     p.add_argument("--test-pairs", type=int, default=300, help="held-out synthetic test pairs (default 300)")
     p.add_argument("--sighan-limit", type=int, default=0,
                    help="only the first N SIGHAN-2015 lines (default 0: all 707)")
-    p.add_argument("--margin", type=float, default=3.0,
-                   help="confusion decoding margin (default 3.0, chosen on a dev set of training sentences)")
+    p.add_argument("--decoding", choices=("rescore", "confusion"), default="rescore",
+                   help="rescore (default): confusion candidates judged on both sides; confusion: "
+                   "the left-to-right greedy decoder")
+    p.add_argument("--margin", type=float, default=None,
+                   help="decoding margin (default 8.0 for rescore, 3.0 for confusion; both chosen on "
+                   "dev sets of training sentences)")
     p.set_defaults(func=run)
 
 
@@ -142,8 +146,8 @@ def merge(work: Path, base: Path, adapter: Path) -> Path:
 
 # -- evaluation ---------------------------------------------------------------------------
 def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict[str, tuple[str, str]],
-             margin: float, sighan_limit: int) -> dict[str, dict[str, dict]]:
-    """{model: {set: metrics.json}} with confusion decoding for every model."""
+             decoding: str, margin: float | None, sighan_limit: int) -> dict[str, dict[str, dict]]:
+    """{model: {set: metrics.json}}, the same decoding for every model."""
     from zhlora.gec.evaluate import EvalConfig, run_eval
 
     results: dict[str, dict[str, dict]] = {}
@@ -154,11 +158,16 @@ def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict
                 print(f"  {mname} on {sname} ...", flush=True)
                 cfg = EvalConfig(data=data, format=fmt, output=str(out), model=str(model),
                                  adapter=str(adapter) if adapter else None, batch_size=16,
-                                 decoding="confusion", margin=margin,
+                                 decoding=decoding, margin=demo_margin(decoding, margin),
                                  limit=sighan_limit if sname == "sighan" else 0, overwrite=True)
                 run_eval(cfg, progress=True)
             results.setdefault(mname, {})[sname] = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return results
+
+
+def demo_margin(decoding: str, margin: float | None) -> float:
+    """The demo's dev-tuned margins: rescore 8.0, greedy confusion 3.0."""
+    return margin if margin is not None else {"rescore": 8.0, "confusion": 3.0}[decoding]
 
 
 def punct_marks(s: str) -> set[tuple[int, str]]:
@@ -203,10 +212,10 @@ CHAT = [("gec", "我门今天去公园玩，天气非常好。"), ("punct", "今
 
 
 def chat(engine) -> list[tuple[str, str, str]]:
-    """(adapter, prompt, answer), free greedy; GEC turns also show the confusion decoding."""
+    """(adapter, prompt, answer), free greedy; GEC turns also show the rescore decoding."""
     from zhlora.data import Conversation, Message
-    from zhlora.gec.constrained import correct
     from zhlora.gec.prompt import gec_conversation
+    from zhlora.gec.rescore import correct_rescored
     from zhlora.infer.engine import GenerationOptions
 
     rows, opts = [], GenerationOptions(max_new_tokens=60, temperature=0.0)
@@ -217,7 +226,7 @@ def chat(engine) -> list[tuple[str, str, str]]:
         rows.append((adapter or "base", conv.messages[0].content, answer))
         print(f"  [{adapter or 'base'}] {conv.messages[0].content}\n      -> {answer}", flush=True)
         if adapter == "gec":
-            print(f"      -> {correct(engine, [text], adapter='gec')[0]}  (confusion decoding)", flush=True)
+            print(f"      -> {correct_rescored(engine, [text], adapter='gec')[0]}  (rescore decoding)", flush=True)
     return rows
 
 
@@ -252,10 +261,11 @@ def run(args) -> int:
     punct = train_lora(base, data["punct_train"], work / "runs" / "punct-lora", args.punct_steps)
     stage(5, "merge the GEC adapter (zhlora merge) and verify merged == base + adapter")
     merged = merge(work, base, gec)
-    stage(6, "evaluate base / adapter / merged (confusion-constrained greedy, same for all)")
+    stage(6, f"evaluate base / adapter / merged ({args.decoding} decoding, margin "
+             f"{demo_margin(args.decoding, args.margin)}, same for all)")
     results = evaluate(work, {"base": (base, None), "adapter": (base, gec), "merged": (merged, None)},
                        {"synthetic": (str(data["gec_test"]), "para"), "sighan": (str(SIGHAN2015_TEST), "sighan")},
-                       args.margin, args.sighan_limit)
+                       args.decoding, args.margin, args.sighan_limit)
     stage(7, "chat: one engine, switching adapters")
     engine = Engine.load(base, adapters={"gec": str(gec), "punct": str(punct)})
     pscores = punct_eval(engine, data["punct_test"])

@@ -169,13 +169,14 @@ def _add_eval(sub) -> None:
                    help="free greedy rewriting (default); confusion: one character per source "
                    "character, a confusion candidate only when it beats the source by --margin; "
                    "rescore: confusion candidates judged on the whole sentence (both sides)")
-    p.add_argument("--margin", type=float, default=1.0,
-                   help="confusion/rescore decoding: log-probability lead a candidate needs (default 1.0)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="confusion/rescore decoding: log-probability lead a change needs "
+                   "(default 1.0 for confusion, 8.0 for rescore)")
     p.add_argument("--lm-weight", type=float, default=1.0,
                    help="rescore: weight of the sentence's plain-text log-probability gain (default 1.0)")
-    p.add_argument("--answer-weight", type=float, default=1.0,
-                   help="rescore: weight of the log-probability gain as the answer to the GEC prompt "
-                   "(default 1.0)")
+    p.add_argument("--answer-weight", type=float, default=0.25,
+                   help="rescore: weight of the left-context lead as the answer to the GEC prompt "
+                   "(default 0.25)")
     p.add_argument("--top-k", type=int, default=2,
                    help="rescore: candidates per position checked on the whole sentence (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

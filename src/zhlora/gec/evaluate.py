@@ -188,9 +188,9 @@ class EvalConfig:
     dtype: str = "auto"
     overwrite: bool = False
     decoding: str = "free"        # free | confusion (zhlora.gec.constrained) | rescore (zhlora.gec.rescore)
-    margin: float = 1.0           # confusion/rescore: log-prob lead a candidate needs over the source
+    margin: float | None = None   # confusion/rescore: lead a change needs (None: 1.0 / 8.0)
     lm_weight: float = 1.0        # rescore: weight of the sentence's plain-text log-prob gain
-    answer_weight: float = 1.0    # rescore: weight of the answer-to-the-GEC-prompt log-prob gain
+    answer_weight: float = 0.25   # rescore: weight of the answer's left-context lead
     top_k: int = 2                # rescore: candidates per position checked on the whole sentence
 
 
@@ -214,6 +214,16 @@ def load_test_set(cfg: EvalConfig) -> tuple[list[Example], str]:
     return examples, fmt
 
 
+def margin_for(cfg: EvalConfig) -> float:
+    """cfg.margin, or the decoding's default (confusion 1.0, rescore 8.0)."""
+    from zhlora.gec.constrained import DEFAULT_MARGIN
+    from zhlora.gec.rescore import DEFAULT_MARGIN as RESCORE_MARGIN
+
+    if cfg.margin is not None:
+        return cfg.margin
+    return RESCORE_MARGIN if cfg.decoding == "rescore" else DEFAULT_MARGIN
+
+
 def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = False) -> list[str]:
     """Raw model answers, greedy, batched."""
     from zhlora.gec.prompt import gec_conversation
@@ -224,12 +234,12 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
     if cfg.decoding == "confusion":
         from zhlora.gec.constrained import correct
 
-        return correct(engine, sources, adapter="gec" if cfg.adapter else None, margin=cfg.margin,
+        return correct(engine, sources, adapter="gec" if cfg.adapter else None, margin=margin_for(cfg),
                        batch_size=cfg.batch_size, progress=progress)
     if cfg.decoding == "rescore":
         from zhlora.gec.rescore import RescoreOptions, correct_rescored
 
-        opts = RescoreOptions(margin=cfg.margin, lm_weight=cfg.lm_weight,
+        opts = RescoreOptions(margin=margin_for(cfg), lm_weight=cfg.lm_weight,
                               answer_weight=cfg.answer_weight, top_k=cfg.top_k)
         return correct_rescored(engine, sources, adapter="gec" if cfg.adapter else None, opts=opts,
                                 batch_size=cfg.batch_size, progress=progress)
@@ -281,10 +291,10 @@ def _decoding_line(cfg: EvalConfig) -> str:
         return (f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
                 f"{cfg.max_new_tokens or '2 x longest source + 20'}")
     if cfg.decoding == "rescore":
-        return (f"- decoding: confusion candidates rescored on the whole sentence (margin {cfg.margin}, "
+        return (f"- decoding: confusion candidates rescored on the whole sentence (margin {margin_for(cfg)}, "
                 f"answer weight {cfg.answer_weight}, lm weight {cfg.lm_weight}, top-k {cfg.top_k}), "
                 f"batch {cfg.batch_size}")
-    return f"- decoding: confusion-constrained greedy (margin {cfg.margin}), batch {cfg.batch_size}"
+    return f"- decoding: confusion-constrained greedy (margin {margin_for(cfg)}), batch {cfg.batch_size}"
 
 
 def report_markdown(cfg: EvalConfig, fmt: str, n: int, result: EvalResult) -> str:

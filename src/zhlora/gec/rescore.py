@@ -1,28 +1,31 @@
-"""Confusion candidates judged by the whole sentence (`gec eval --decoding rescore`).
+"""Confusion candidates judged on both sides of the character (`gec eval --decoding rescore`).
 
 The greedy confusion decoder (`zhlora.gec.constrained`) decides position i from the left
-context of the answer only. This decoder looks at both sides, in two passes over the same
-model (base, base + adapter or merged, whichever is evaluated):
+context of the answer only. This decoder also lets the characters after i vote, in two
+passes over the same model (base, base + adapter or merged, whichever is evaluated):
 
-1. propose: one teacher-forced forward of the unchanged sentence gives, at every position i,
-   log p(c | left context) - log p(s_i | left context) for each confusion candidate c; the
-   `top_k` best candidates per position whose lead is above `propose` go on.
-2. verify: every proposed sentence (the source with s_i -> c, nothing else changed) is scored
-   as a whole, and the change is made when
+1. propose: one teacher-forced forward of the unchanged sentence per view gives, at every
+   position i and for each confusion candidate c, its left-context lead
+       lead_v(c at i) = log p_v(c | left context) - log p_v(s_i | left context)
+   for two views of the sentence: `answer` (the sentence as the answer to the GEC prompt,
+   which the adapter was trained on) and `text` (the sentence as plain text,
+   `<s> sentence </s>`, the base's pretraining format). The `top_k` candidates per position
+   whose weighted lead  answer_weight * lead_answer + lm_weight * lead_text  exceeds
+   `propose` go on.
+2. verify: each proposed sentence (the source with s_i -> c, nothing else changed) is read
+   as plain text to its end token, and the change is made when
 
-       score(c at i) = [log P_answer(edited) - log P_answer(source)]
-                       + lm_weight * [log P_text(edited) - log P_text(source)]  > margin
+       score(c at i) = answer_weight * lead_answer(c at i)
+                       + lm_weight * [log P_text(edited) - log P_text(source)]  >  margin
 
-   P_answer is the model's probability of the sentence as the answer to the GEC prompt (the
-   prompt the adapter was trained on); P_text the probability of the sentence as plain text,
-   `<s> sentence </s>` (the base's pretraining format). Both sums run to the end of the
-   sentence and its end token, so the characters after i vote too. At most one change per
-   position (the best); changes at different positions are judged independently against
-   the source and all applied.
+   At most one change per position (the best); changes at different positions are judged
+   independently against the source and all applied.
 
-Only substitutions inside the confusion sets are made, as with the greedy decoder, and it
-needs one token per Chinese character. Cost: two short forwards per sentence plus one row per
-proposal and view; `top_k` and `propose` bound the number of proposals.
+Why the answer view only leads: reading every proposal as a whole prompted answer costs a
+~3x longer row and, on the demo's dev sets, scored no better than its left lead (see
+docs/demo.md). Only substitutions inside the confusion sets are made, as with the greedy
+decoder, and it needs one token per Chinese character. Cost per sentence: one forward per
+view plus one short plain-text row per proposal (`top_k` and `propose` bound them).
 """
 from __future__ import annotations
 
@@ -32,18 +35,21 @@ import torch
 
 from zhlora.errors import ZhloraError
 
+DEFAULT_MARGIN = 8.0
 DEFAULT_LM_WEIGHT = 1.0
+DEFAULT_ANSWER_WEIGHT = 0.25
 DEFAULT_TOP_K = 2
-DEFAULT_PROPOSE = -3.0
+DEFAULT_PROPOSE = -1.0
 
 
 @dataclass
 class RescoreOptions:
-    margin: float = 3.0            # summed log-prob lead a change needs over the source
-    lm_weight: float = DEFAULT_LM_WEIGHT   # weight of the plain-text score (0: answer only)
-    answer_weight: float = 1.0     # weight of the answer-to-the-prompt score (0: text only)
-    top_k: int = DEFAULT_TOP_K     # candidates per position sent to the whole-sentence check
-    propose: float = DEFAULT_PROPOSE   # left-context lead a candidate needs to be proposed
+    """Defaults chosen on synthetic pairs from training sentences (docs/demo.md)."""
+    margin: float = DEFAULT_MARGIN             # score (nats) a change needs
+    lm_weight: float = DEFAULT_LM_WEIGHT       # weight of the plain-text whole-sentence gain
+    answer_weight: float = DEFAULT_ANSWER_WEIGHT   # weight of the answer's left-context lead
+    top_k: int = DEFAULT_TOP_K                 # candidates per position sent to verification
+    propose: float = DEFAULT_PROPOSE           # weighted left lead a candidate needs to be proposed
 
     def check(self) -> None:
         if self.top_k < 1:
@@ -147,23 +153,21 @@ def correct_rescored(engine, sources: list[str], adapter: str | None = None,
     choices = build_choices(sources, tok, candidate_table(tok, confusion))
     answers = [[k if k >= 0 else tok.unk_token_id for k in keep] + [tok.eos_token_id]
                for keep in choices.keep]                              # (N, len_i + 1)
-    views = []
-    if opts.answer_weight > 0:
-        views.append(View([engine.encode(gec_conversation(s), adapter) for s in sources], opts.answer_weight))
-    if opts.lm_weight > 0:
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
-        views.append(View([bos] * len(sources), opts.lm_weight))
+    answer = View([engine.encode(gec_conversation(s), adapter) for s in sources], opts.answer_weight)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
+    text = View([bos] * len(sources), opts.lm_weight)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    gains: dict[tuple[int, int, int], float] = {}
+    bar = _bar(len(sources), progress)
     with engine.using(adapter) as model:
-        leads: dict[tuple[int, int, int], float] = {}
-        for v in views:
-            for k, x in propose(model, v, answers, choices.alts, pad, batch_size).items():
-                leads[k] = leads.get(k, 0.0) + x
-        props = pick_proposals(leads, opts)
-        for v in _progress(views, progress):
-            for k, x in verify(model, v, answers, props, pad, batch_size).items():
-                gains[k] = gains.get(k, 0.0) + x
+        lead_a = propose(model, answer, answers, choices.alts, pad, batch_size) if answer.weight else {}
+        lead_t = propose(model, text, answers, choices.alts, pad, batch_size) if text.weight else {}
+        keys = lead_a.keys() | lead_t.keys()
+        props = pick_proposals({k: lead_a.get(k, 0.0) + lead_t.get(k, 0.0) for k in keys}, opts)
+        bar.update(len(sources) // 2)
+        gain_t = verify(model, text, answers, props, pad, batch_size) if text.weight else {}
+    bar.update(len(sources) - len(sources) // 2)
+    bar.close()
+    gains = {k: lead_a.get(k, 0.0) + gain_t.get(k, 0.0) for k in props}
     return apply_gains(sources, gains, opts.margin, tok)
 
 
@@ -179,7 +183,7 @@ def apply_gains(sources: list[str], gains: dict, margin: float, tok) -> list[str
     return ["".join(o) for o in out]
 
 
-def _progress(views: list[View], show: bool):
+def _bar(total: int, show: bool):
     from tqdm import tqdm
 
-    return tqdm(views, unit="view", disable=not show, leave=False, desc="rescoring")
+    return tqdm(total=total, unit="sent", disable=not show, dynamic_ncols=True, leave=False)
