@@ -3,8 +3,10 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/forward_backward.py [--threads 1]
 
 Same ~27M LLaMA as bench/train_throughput.py. For 1024 token positions it times (best of 3)
-a packed 2 x 512 batch with the 4D block mask, the same with a plain 2D mask, and 8 x 128
-rows, for LoRA dropout 0.05 and 0, and prints each as a fraction of an MLP-shaped fp32 matmul.
+a packed 2 x 512 batch (8 samples of 64 per row) with the 4D block mask, the same with
+attention per sample (`packed_attention=segments`), the same rows with a plain 2D mask (one
+long sample), and 8 x 128 rows, for LoRA dropout 0.05 and 0, and prints each as a fraction of
+an MLP-shaped fp32 matmul.
 """
 from __future__ import annotations
 
@@ -27,18 +29,24 @@ def build(model_dir: str, dropout: float):
 
 
 def step_seconds(model, rows: int, length: int, mask: str) -> float:
+    import contextlib
+
     from zhlora.train.dataset import block_causal_mask, position_ids_for
+    from zhlora.train.packed_attention import segment_attention
 
     ids = torch.randint(5, 50, (rows, length))
     kw = {"attention_mask": torch.ones(rows, length, dtype=torch.long)}
+    lengths = [[length // 8] * 8] * rows
     if mask == "4d":
-        lengths = [[length // 8] * 8] * rows
         kw = {"attention_mask": block_causal_mask(lengths, length), "position_ids": position_ids_for(lengths, length)}
+    elif mask == "segments":
+        kw = {"position_ids": position_ids_for(lengths, length)}
     best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        model(input_ids=ids, labels=ids, **kw).loss.backward()
-        best = min(best, time.perf_counter() - t)
+    with segment_attention(model) if mask == "segments" else contextlib.nullcontext():
+        for _ in range(3):
+            t = time.perf_counter()
+            model(input_ids=ids, labels=ids, **kw).loss.backward()
+            best = min(best, time.perf_counter() - t)
     return best
 
 
@@ -60,7 +68,7 @@ def main() -> None:
     for dropout in (0.05, 0.0):
         model = build(str(d), dropout)
         per_token = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lora" not in n)
-        for rows, length, mask in ((2, 512, "4d"), (2, 512, "2d"), (8, 128, "2d")):
+        for rows, length, mask in ((2, 512, "4d"), (2, 512, "segments"), (2, 512, "2d"), (8, 128, "2d")):
             s = step_seconds(model, rows, length, mask)
             print(f"| {dropout} | {rows}x{length} {mask} | {s:.2f} | {4 * per_token * rows * length / s / rate:.0%} |")
 

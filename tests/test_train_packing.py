@@ -2,6 +2,7 @@
 run one by one (fp32, within 1e-5) -- and restarting positions alone is NOT enough."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -69,3 +70,59 @@ def test_pack_rows_is_first_fit_decreasing_and_whole():
     assert sorted(n for r in rows for n in r.lengths) == [2, 3, 5, 7, 9]
     assert all(sum(r.lengths) <= 10 and len(r.input_ids) == sum(r.lengths) for r in rows)
     assert [r.lengths for r in rows] == [[9], [7, 3], [5, 2]]
+
+
+def _packed_batch(tok, template="alpaca"):
+    convs = [Conversation.from_pairs([("你好" * k, "世界" * (k + 1)), ("今天", "天气很好")][: 1 + k % 2])
+             for k in range(1, 8)]
+    enc, _ = encode_all(convs, get_template(template), tok, cutoff_len=256)
+    rows = pack_rows(enc, cutoff_len=max(len(e) for e in enc) * 2)
+    feats = [{"input_ids": r.input_ids, "labels": r.labels, "lengths": r.lengths} for r in rows]
+    return enc, feats
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "glm4"])
+def test_segment_attention_equals_mask_and_one_by_one(tmp_path, family):
+    """packed_attention=segments (no mask; attention split at the position restarts) gives the
+    one-by-one loss and the same gradients as the 4D mask; the model's attention
+    implementation is restored afterwards."""
+    from zhlora.models.tiny import make_tiny_model
+    from zhlora.train.packed_attention import ATTN_NAME, segment_attention, supports_segments
+
+    from conftest import ZH_TEXTS
+
+    path = make_tiny_model(tmp_path / family, family, texts=ZH_TEXTS, hidden=64, layers=2)
+    tok, model = load_tokenizer(path), load_model(path, dtype="float32")
+    assert supports_segments(model)
+    enc, feats = _packed_batch(tok)
+    masked = Collator(tok.pad_token_id, packed=True)(feats)
+    plain = Collator(tok.pad_token_id, packed=True, block_mask=False)(feats)
+    assert "attention_mask" not in plain and torch.equal(plain["position_ids"], masked["position_ids"])
+    before = model.config._attn_implementation
+
+    def loss_and_grad(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    ref_loss, ref_grad = loss_and_grad(masked)
+    with segment_attention(model):
+        assert model.config._attn_implementation == ATTN_NAME
+        seg_loss, seg_grad = loss_and_grad(plain)
+        leaky = model(input_ids=plain["input_ids"], labels=plain["labels"]).loss.item()  # no restarts
+    assert model.config._attn_implementation == before
+    with torch.no_grad():
+        total = sum(summed_loss(model(input_ids=torch.tensor([e.input_ids])).logits, torch.tensor([e.labels]))
+                    for e in enc)
+    single = total.item() / sum(sum(1 for x in e.labels[1:] if x != -100) for e in enc)
+    assert abs(seg_loss - single) < 1e-5 and abs(ref_loss - single) < 1e-5
+    assert (seg_grad - ref_grad).abs().max() <= 1e-5 * max(1.0, ref_grad.abs().max().item())
+    assert abs(leaky - single) > 1e-5    # without restarted positions it is one long sample
+
+
+def test_segment_bounds_from_restarted_positions():
+    from zhlora.train.packed_attention import segment_bounds
+
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
+    assert segment_bounds(pos) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]

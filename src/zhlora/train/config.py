@@ -28,7 +28,8 @@ class TrainConfig:
     train_on: str = "all"                 # all assistant turns, or "last"
     # sequence
     cutoff_len: int = 1024
-    packing: bool = False                 # concatenate samples into full rows (4D block mask)
+    packing: bool = False                 # concatenate samples into full rows, kept apart in attention
+    packed_attention: str = "segments"    # segments: attention per sample; mask: 4D block-diagonal mask
     group_by_length: bool = False         # length-grouped batches (when not packing)
     # optimisation
     batch_size: int = 4                   # per device
@@ -83,6 +84,8 @@ class TrainConfig:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.eval_ratio < 1:
             problems.append(f"`eval_ratio` must be in [0, 1), got {self.eval_ratio}")
+        if self.packed_attention not in ("segments", "mask"):
+            problems.append(f"`packed_attention` must be segments or mask, got {self.packed_attention!r}")
         if self.train_on not in ("all", "last"):
             problems.append(f"`train_on` must be all or last, got {self.train_on!r}")
         if self.max_steps <= 0 and self.epochs <= 0:

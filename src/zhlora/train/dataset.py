@@ -125,10 +125,12 @@ def position_ids_for(lengths_per_row: list[list[int]], total: int) -> torch.Tens
 
 @dataclass
 class Collator:
-    """Right-pads a batch. Packed batches get a 4D block mask and restarted positions;
-    plain batches get the usual 2D padding mask."""
+    """Right-pads a batch. Packed batches get restarted positions and a 4D block mask (with
+    block_mask=False no mask: the attention splits rows at the restarts itself, see
+    zhlora.train.packed_attention); plain batches get the usual 2D padding mask."""
     pad_token_id: int
     packed: bool = False
+    block_mask: bool = True
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict]) -> dict:
@@ -148,7 +150,8 @@ class Collator:
         batch = {"input_ids": ids, "labels": labels}
         if self.packed:
             lengths = [f["lengths"] for f in features]
-            batch["attention_mask"] = block_causal_mask(lengths, T)
+            if self.block_mask:
+                batch["attention_mask"] = block_causal_mask(lengths, T)
             batch["position_ids"] = position_ids_for(lengths, T)
         else:
             batch["attention_mask"] = attn

@@ -7,6 +7,7 @@ and `resume=true` continues from the last checkpoint in the `.partial` folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from zhlora.templates import get_template
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
 from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
+from zhlora.train.packed_attention import segment_attention, supports_segments
 
 
 @dataclass
@@ -190,10 +192,26 @@ def _importable(module: str) -> bool:
     return True
 
 
+def uses_segments(cfg: TrainConfig, model) -> bool:
+    """Packed rows attend per sample (no 4D mask) when the model follows transformers'
+    attention interface and the recipe did not ask for the mask."""
+    return cfg.packing and cfg.packed_attention == "segments" and supports_segments(model)
+
+
+def packed_attention(cfg: TrainConfig, model):
+    if not uses_segments(cfg, model):
+        if cfg.packing:
+            say("packed rows: 4D block-diagonal attention mask")
+        return contextlib.nullcontext()
+    say("packed rows: attention per sample (packed_attention=segments)")
+    return segment_attention(model)
+
+
 def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
     from transformers import Trainer
 
-    collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing)
+    collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
+                           block_mask=not uses_segments(cfg, model))
     args = training_arguments(cfg, plan, bool(eval_rows))
     return Trainer(model=model, args=args, data_collator=collator,
                    train_dataset=ds.RowDataset(train_rows),
@@ -226,12 +244,13 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
     if plan.resume_from:
         say(f"resuming from {plan.resume_from}")
-    result = trainer.train(resume_from_checkpoint=plan.resume_from)
-    metrics = {"train_loss": result.training_loss, "steps": result.global_step,
-               "train_runtime": result.metrics.get("train_runtime"),
-               "seconds": round(time.time() - started, 1)}
-    if eval_rows:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    with packed_attention(cfg, model):
+        result = trainer.train(resume_from_checkpoint=plan.resume_from)
+        metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+                   "train_runtime": result.metrics.get("train_runtime"),
+                   "seconds": round(time.time() - started, 1)}
+        if eval_rows:
+            metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
             "family": family.name, "template": template_name, "train_on": cfg.train_on,
             "resized_vocab": resized, "train_args": cfg.to_dict(), "data_summary": data_summary,

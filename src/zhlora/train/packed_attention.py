@@ -1,0 +1,83 @@
+"""Attention over packed rows, one sample at a time (`packed_attention=segments`, the default).
+
+A packed row holds several samples back to back; positions restart at 0 at every sample.
+The portable way to keep them apart is a 4D block-diagonal mask (`packed_attention=mask`),
+but on CPU that sends sdpa down its math path over the whole T x T row: most of the scores
+it computes belong to pairs of different samples and are masked away. This attention
+function instead finds the samples from the restarted `position_ids` and runs transformers'
+own sdpa attention on each sample with `is_causal=True`, so the work is sum(L_i^2), not T^2,
+and no mask is built. The numbers equal the masked attention's (tested in
+tests/test_train_packing.py).
+
+It is registered with transformers' AttentionInterface under `ATTN_NAME` and set on the model
+only for packed training, for models that follow that interface (transformers' LLaMA, Qwen2,
+GLM-4: `_supports_attention_backend`); the model's own implementation is restored after
+training, because this one ignores padding masks (packed rows are right-padded, and padding
+sits in its own trailing segment, so nothing real attends to it).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+ATTN_NAME = "zhlora_packed_sdpa"
+
+
+def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """[B, T] positions restarting at 0 per sample -> per row the (start, end) of each sample."""
+    out = []
+    for row in position_ids.tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] or [0]
+        if starts[0] != 0:
+            starts.insert(0, 0)
+        out.append(list(zip(starts, starts[1:] + [len(row)])))
+    return out
+
+
+def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                        **kwargs) -> tuple[torch.Tensor, None]:
+    """query [B, H, T, D], key/value [B, Hkv, T, D] -> ([B, T, H, D], None), causal within each sample."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kwargs.pop("is_causal", None)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or query.shape[2] != key.shape[2] or query.shape[2] == 1:
+        # not a packed training batch (no positions, a KV cache, one-token steps): plain attention
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if position_ids.shape[0] != query.shape[0]:
+        position_ids = position_ids.expand(query.shape[0], -1)
+    rows = []
+    for b, bounds in enumerate(segment_bounds(position_ids)):
+        sizes = [e - s for s, e in bounds]
+        # split, not slicing: the backward of a split is one cat, a slice's backward fills a
+        # zero tensor of the whole row for every sample
+        qs, ks, vs = (t.split(sizes, dim=2) for t in (query[b:b + 1], key[b:b + 1], value[b:b + 1]))
+        parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling,
+                                        is_causal=True, **kwargs)[0] for q, k, v in zip(qs, ks, vs)]
+        rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return torch.cat(rows, dim=0), None
+
+
+def supports_segments(model) -> bool:
+    """True for models whose attention goes through transformers' AttentionInterface."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base, "_supports_attention_backend", False)) and hasattr(base, "set_attn_implementation")
+
+
+@contextlib.contextmanager
+def segment_attention(model) -> Iterator[None]:
+    """Use packed_sdpa_forward inside the block; restore the model's implementation after."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, packed_sdpa_forward)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    before = base.config._attn_implementation
+    base.set_attn_implementation(ATTN_NAME)
+    try:
+        yield
+    finally:
+        base.set_attn_implementation(before)
