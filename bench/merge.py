@@ -9,7 +9,8 @@ Goals: zhlora peak RSS <= 1.25 x (largest shard + adapter), >= 3x less than PEFT
 <= 2x the I/O floor (read + write the same bytes).
 
 Every method ends with its output on disk (zhlora merge fsyncs before renaming its folder
-into place; the I/O floor and the PEFT script fsync their files), and before each run the
+into place; the I/O floor copies the shards in 64 MiB chunks with the same background
+fdatasync as the merge, then fsyncs; the PEFT script fsyncs its files), and before each run the
 previous output is deleted and the page cache's dirty data flushed (`sync`, then 1 s, untimed),
 so no method pays for another's writes. An untimed first copy puts the inputs in the page
 cache for every method alike.
@@ -103,13 +104,22 @@ for f in __import__("pathlib").Path(out).iterdir():   # on disk, as zhlora merge
     fd = os.open(f, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 IO_SCRIPT = """
-import os, sys, pathlib, shutil
+import os, sys, pathlib
+from concurrent.futures import ThreadPoolExecutor
 src, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 out.mkdir()
+pool = ThreadPoolExecutor(1)   # the merge's own scheme: push bytes to disk while copying
 for f in sorted(src.glob('*.safetensors')):
     with open(f, 'rb') as r, open(out / f.name, 'wb') as w:
-        shutil.copyfileobj(r, w, 16 << 20)
-        w.flush(); os.fsync(w.fileno())
+        syncing = None
+        while chunk := r.read(64 << 20):
+            w.write(chunk)
+            w.flush()
+            if syncing is None or syncing.done():
+                syncing = pool.submit(os.fdatasync, w.fileno())
+        if syncing is not None:
+            syncing.result()
+        os.fsync(w.fileno())
 """
 
 
