@@ -94,3 +94,21 @@ def test_punct_score_counts_marks():
     assert (s["p"], s["r"]) == (0.5, pytest.approx(1 / 3))
     assert s["exact"] == 0.0 and s["n"] == 2
     assert demo.punct_score(["今天很好，我们去吧。"], recs[:1])["f1"] == 1.0
+
+
+def test_demo_decodings_are_checked_and_the_table_has_a_row_per_decoder_and_model():
+    from zhlora.errors import ZhloraError
+
+    assert demo.decodings("rescore,confusion", None) == ["rescore", "confusion"]
+    assert demo.decodings("confusion", 2.0) == ["confusion"]
+    with pytest.raises(ZhloraError, match="rescore, confusion"):
+        demo.decodings("beam", None)
+    with pytest.raises(ZhloraError, match="single --decoding"):
+        demo.decodings("rescore,confusion", 3.0)
+    metrics = {"synthetic": {"cherrant": {"p": 0.5, "r": 0.25, "f05": 0.4167}},
+               "sighan": {"sighan": {"acc": 0.5, "precision": 0.2, "recall": 0.1, "f1": 0.1333}}}
+    results = {d: {m: metrics for m in ("base", "adapter", "merged")} for d in ("rescore", "confusion")}
+    rows = demo.table(results, {None: {"f1": 0.0}, "punct": {"f1": 0.316}}).splitlines()
+    assert len(rows) == 2 + 6
+    assert rows[2].startswith("| rescore | base | 0.500 | 0.250 | 0.417 | 0.500 | 0.200 | 0.100 | 0.133 | 0.000 |")
+    assert rows[-2].startswith("| confusion | adapter |") and rows[-2].endswith("| 0.316 |")

@@ -6,20 +6,10 @@ import json
 import pytest
 import torch
 
+from test_demo_confusion import CONF, SOURCES, engine  # noqa: F401  (engine is a fixture)
+
 from zhlora.errors import ZhloraError
-from zhlora.gec.confusion import ConfusionSet
 from zhlora.gec.rescore import RescoreOptions, View, correct_rescored, verify
-
-SOURCES = ["今天天气很好。", "他的错误在于没有仔细检查。"]
-CONF = ConfusionSet(same_tone={"天": "田添", "气": "汽器", "很": "狠"}, other_tone={"好": "号"},
-                    glyph={"错": "措"}, source="test")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llama):
-    from zhlora.infer.engine import Engine
-
-    return Engine.load(tiny_llama)
 
 
 def _cands(ch: str, vocab) -> list[str]:

@@ -8,7 +8,8 @@ Stages (each reuses its output when it already exists, so a second run is quick)
   4. punct lora  a second adapter on the same base: punctuation restoration
   5. merge       `zhlora merge` of the GEC adapter, then `zhlora verify`
   6. evaluate    base, base+adapter and merged on the synthetic test set (ChERRANT F0.5) and
-                 SIGHAN-2015 (pycorrector's sentence-level F1), same decoding for all three
+                 SIGHAN-2015 (pycorrector's sentence-level F1), with each decoder (rescore,
+                 and greedy confusion: the adapter's own judgement), the same for all three
   7. chat        one Engine, the base loaded once, switching between the two adapters
 Everything lands in --workdir (default .demo); one table of numbers is printed at the end.
 """
@@ -18,6 +19,8 @@ import json
 import random
 import time
 from pathlib import Path
+
+from zhlora.errors import ZhloraError
 
 PUNCT = "，。、；：！？"
 PUNCT_INSTRUCTION = "给下面的句子加上标点符号。"
@@ -35,12 +38,13 @@ def register(sub) -> None:
     p.add_argument("--test-pairs", type=int, default=300, help="held-out synthetic test pairs (default 300)")
     p.add_argument("--sighan-limit", type=int, default=0,
                    help="only the first N SIGHAN-2015 lines (default 0: all 707)")
-    p.add_argument("--decoding", choices=("rescore", "confusion"), default="rescore",
-                   help="rescore (default): confusion candidates judged on both sides; confusion: "
-                   "the left-to-right greedy decoder")
+    p.add_argument("--decoding", default="rescore,confusion",
+                   help="comma list of decoders to evaluate with (default both): rescore, confusion "
+                   "candidates judged on both sides of the character; confusion, the left-to-right "
+                   "greedy decoder, where the adapter's own judgement is all there is")
     p.add_argument("--margin", type=float, default=None,
-                   help="decoding margin (default 8.0 for rescore, 3.0 for confusion; both chosen on "
-                   "dev sets of training sentences)")
+                   help="decoding margin, with a single --decoding (default 8.0 for rescore, 3.0 for "
+                   "confusion; both chosen on dev sets of training sentences)")
     p.set_defaults(func=run)
 
 
@@ -153,9 +157,9 @@ def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict
     results: dict[str, dict[str, dict]] = {}
     for mname, (model, adapter) in models.items():
         for sname, (data, fmt) in sets.items():
-            out = work / "eval" / f"{sname}-{mname}"
+            out = work / "eval" / f"{sname}-{mname}-{decoding}"
             if not reuse(out / "metrics.json"):
-                print(f"  {mname} on {sname} ...", flush=True)
+                print(f"  {mname} on {sname} ({decoding}) ...", flush=True)
                 cfg = EvalConfig(data=data, format=fmt, output=str(out), model=str(model),
                                  adapter=str(adapter) if adapter else None, batch_size=16,
                                  decoding=decoding, margin=demo_margin(decoding, margin),
@@ -163,6 +167,18 @@ def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict
                 run_eval(cfg, progress=True)
             results.setdefault(mname, {})[sname] = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return results
+
+
+def decodings(text: str, margin: float | None) -> list[str]:
+    """--decoding 'rescore,confusion' -> checked list; --margin only with a single decoder."""
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in ("rescore", "confusion")]
+    if not names or bad:
+        raise ZhloraError(f"--decoding {text!r}: use rescore, confusion or both (rescore,confusion)")
+    if margin is not None and len(names) > 1:
+        raise ZhloraError(f"--margin {margin} with --decoding {text}: a margin belongs to one decoder; "
+                          "give a single --decoding with it")
+    return names
 
 
 def demo_margin(decoding: str, margin: float | None) -> float:
@@ -231,15 +247,17 @@ def chat(engine) -> list[tuple[str, str, str]]:
 
 
 # -- report -------------------------------------------------------------------------------
-def table(results: dict[str, dict[str, dict]], punct: dict[str, dict]) -> str:
-    lines = ["| model | synthetic P | R | F0.5 | SIGHAN-2015 acc | P | R | F1 | punct F1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for mname, sets in results.items():
-        c, s = sets["synthetic"]["cherrant"], sets["sighan"]["sighan"]
-        pf = {"base": punct[None]["f1"], "adapter": punct["punct"]["f1"]}.get(mname)
-        lines.append(f"| {mname} | {c['p']:.3f} | {c['r']:.3f} | {c['f05']:.3f} | {s['acc']:.3f} | "
-                     f"{s['precision']:.3f} | {s['recall']:.3f} | {float(s['f1']):.3f} | "
-                     f"{'' if pf is None else f'{pf:.3f}'} |")
+def table(results: dict[str, dict[str, dict[str, dict]]], punct: dict[str, dict]) -> str:
+    """results: {decoding: {model: {set: metrics}}}."""
+    lines = ["| decoding | model | synthetic P | R | F0.5 | SIGHAN-2015 acc | P | R | F1 | punct F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for dec, models in results.items():
+        for mname, sets in models.items():
+            c, s = sets["synthetic"]["cherrant"], sets["sighan"]["sighan"]
+            pf = {"base": punct[None]["f1"], "adapter": punct["punct"]["f1"]}.get(mname)
+            lines.append(f"| {dec} | {mname} | {c['p']:.3f} | {c['r']:.3f} | {c['f05']:.3f} | {s['acc']:.3f} | "
+                         f"{s['precision']:.3f} | {s['recall']:.3f} | {float(s['f1']):.3f} | "
+                         f"{'' if pf is None else f'{pf:.3f}'} |")
     return "\n".join(lines)
 
 
@@ -261,16 +279,18 @@ def run(args) -> int:
     punct = train_lora(base, data["punct_train"], work / "runs" / "punct-lora", args.punct_steps)
     stage(5, "merge the GEC adapter (zhlora merge) and verify merged == base + adapter")
     merged = merge(work, base, gec)
-    stage(6, f"evaluate base / adapter / merged ({args.decoding} decoding, margin "
-             f"{demo_margin(args.decoding, args.margin)}, same for all)")
-    results = evaluate(work, {"base": (base, None), "adapter": (base, gec), "merged": (merged, None)},
-                       {"synthetic": (str(data["gec_test"]), "para"), "sighan": (str(SIGHAN2015_TEST), "sighan")},
-                       args.decoding, args.margin, args.sighan_limit)
+    decs = decodings(args.decoding, args.margin)
+    stage(6, "evaluate base / adapter / merged (" + ", ".join(
+        f"{d} decoding margin {demo_margin(d, args.margin)}" for d in decs) + "; the same for all models)")
+    results = {d: evaluate(work, {"base": (base, None), "adapter": (base, gec), "merged": (merged, None)},
+                           {"synthetic": (str(data["gec_test"]), "para"),
+                            "sighan": (str(SIGHAN2015_TEST), "sighan")}, d, args.margin, args.sighan_limit)
+               for d in decs}
     stage(7, "chat: one engine, switching adapters")
     engine = Engine.load(base, adapters={"gec": str(gec), "punct": str(punct)})
     pscores = punct_eval(engine, data["punct_test"])
     chat(engine)
-    agree = results["adapter"] == results["merged"]
+    agree = all(r["adapter"] == r["merged"] for r in results.values())
     print("\n" + table(results, pscores))
     print(f"\nadapter and merged scores identical: {agree}; SIGHAN-2015 lines: "
           f"{args.sighan_limit or 'all 707'}; punctuation test: {pscores['punct']['n']} held-out sentences")
