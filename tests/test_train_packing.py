@@ -2,6 +2,8 @@
 run one by one (fp32, within 1e-5) -- and restarting positions alone is NOT enough."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,8 @@ from zhlora.data import Conversation
 from zhlora.models.loading import load_model, load_tokenizer
 from zhlora.templates import get_template
 from zhlora.train.dataset import Collator, encode_all, pack_rows, single_rows
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def summed_loss(logits, labels):
@@ -126,3 +130,20 @@ def test_segment_bounds_from_restarted_positions():
 
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 0, 1, 2]])
     assert segment_bounds(pos) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
+
+
+def test_training_with_segments_equals_training_with_the_mask(tiny_llama, tmp_path):
+    """Three packed steps (segments with gradient checkpointing, an eval split) give the same
+    training and eval loss either way."""
+    from zhlora.train.config import load_config
+    from zhlora.train.sft import train
+
+    data = ROOT / "examples" / "data" / "zh_instruct_sample.jsonl"
+    out = {}
+    for pa, gc in (("segments", "true"), ("mask", "false")):
+        res = train(load_config(None, [f"model={tiny_llama}", f"data={data}", f"output_dir={tmp_path / pa}",
+                                       "max_steps=3", "save_steps=0", "report_to=none", "packing=true",
+                                       f"packed_attention={pa}", f"gradient_checkpointing={gc}", "batch_size=2",
+                                       "cutoff_len=256", "eval_ratio=0.2", "learning_rate=1e-2"]))
+        out[pa] = (res.metrics["train_loss"], res.metrics["eval_loss"])
+    assert out["segments"] == pytest.approx(out["mask"], abs=1e-5)
