@@ -119,14 +119,16 @@ def punct_data(work: Path, files: dict[str, Path]) -> dict[str, Path]:
 
 # -- training and merging -----------------------------------------------------------------
 def train_lora(base: Path, data: Path, out: Path, steps: int, lr: float = 2e-3) -> Path:
+    """LoRA r 16 on all linear layers; 8 packed rows of 192 tokens per step (~12 pairs): on the
+    GEC data 205 s instead of 336 s for 16 padded pairs per step, dev F0.5 0.467 vs 0.480."""
     from zhlora.train.config import load_config
     from zhlora.train.sft import train
 
     if reuse(out / "adapter_model.safetensors"):
         return out
     cfg = load_config(None, [f"model={base}", f"data={data}", f"output_dir={out}", f"max_steps={steps}",
-                             f"learning_rate={lr}", "batch_size=16", "cutoff_len=192", "lora_r=16",
-                             "lora_alpha=32", "lora_dropout=0.0", "lora_target=all", "save_steps=0",
+                             f"learning_rate={lr}", "packing=true", "batch_size=8", "cutoff_len=192",
+                             "lora_r=16", "lora_alpha=32", "lora_dropout=0.0", "lora_target=all", "save_steps=0",
                              "logging_steps=20", "report_to=none", "warmup_ratio=0.05", "overwrite=true"])
     train(cfg)
     return out
