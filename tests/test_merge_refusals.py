@@ -134,7 +134,10 @@ def test_merge_nan_in_result_aborts_and_leaves_nothing(base, adapter, tmp_path, 
 def test_merge_interrupted_leaves_no_output(base, adapter, tmp_path, sig):
     """Kill the CLI in the middle of writing shards: the output folder never appears; a
     Ctrl-C also removes the temporary folder."""
-    slow = ("import time, sys, zhlora.merge.writer as w\n"
+    # default_int_handler: a shell that runs the suite in the background (`cmd &`) starts it with
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child
+    slow = ("import signal, time, sys, zhlora.merge.writer as w\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "orig = w.StreamingShardWriter.write\n"
             "def slow(self, *a):\n    time.sleep(0.1)\n    orig(self, *a)\n"
             "w.StreamingShardWriter.write = slow\n"
