@@ -147,3 +147,12 @@ def test_training_with_segments_equals_training_with_the_mask(tiny_llama, tmp_pa
                                        "cutoff_len=256", "eval_ratio=0.2", "learning_rate=1e-2"]))
         out[pa] = (res.metrics["train_loss"], res.metrics["eval_loss"])
     assert out["segments"] == pytest.approx(out["mask"], abs=1e-5)
+
+
+def test_segment_bounds_are_recomputed_when_the_positions_change_in_place():
+    from zhlora.train.packed_attention import segment_bounds
+
+    pos = torch.tensor([[0, 1, 2, 0, 1]])
+    assert segment_bounds(pos) == [[(0, 3), (3, 5)]]
+    pos[0, 3] = 3           # now one sample
+    assert segment_bounds(pos) == [[(0, 5)]]

@@ -58,7 +58,12 @@ def sync_tree(folder: Path) -> None:
 
 
 def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():     # some systems (Windows) cannot open a folder to sync it
+            return
+        raise
     try:
         os.fsync(fd)
     finally:

@@ -26,14 +26,26 @@ ATTN_NAME = "zhlora_packed_sdpa"
 
 
 def segment_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """[B, T] positions restarting at 0 per sample -> per row the (start, end) of each sample."""
+    """[B, T] positions restarting at 0 per sample -> per row the (start, end) of each sample.
+
+    Every layer of a forward gets the same position_ids tensor, so the answer is kept for it:
+    one host transfer per forward, not one per layer (which on a GPU would be a sync each)."""
+    if _last[0] is position_ids and _last[2] == position_ids._version:
+        return _last[1]
+    B, T = position_ids.shape
+    starts: list[list[int]] = [[] for _ in range(B)]
+    for b, t in (position_ids == 0).nonzero().tolist():
+        starts[b].append(t)
     out = []
-    for row in position_ids.tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] or [0]
-        if starts[0] != 0:
-            starts.insert(0, 0)
-        out.append(list(zip(starts, starts[1:] + [len(row)])))
+    for row in starts:
+        if not row or row[0] != 0:
+            row.insert(0, 0)
+        out.append(list(zip(row, row[1:] + [T])))
+    _last[:] = [position_ids, out, position_ids._version]
     return out
+
+
+_last: list = [None, None, -1]     # position_ids of the forward in progress, its bounds, version
 
 
 def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
