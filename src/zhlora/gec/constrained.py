@@ -32,6 +32,23 @@ class Choices:
     alts: list[list[list[int]]]    # (N, len(source_i), k_i)
 
 
+def require_char_vocab(tok, decoding: str, sources: list[str]) -> None:
+    """Confusion-set decoders write one token per source character: refuse a tokenizer that
+    cannot (no unknown/end ids, or most Chinese characters of the data not single tokens, as
+    in byte-level BPE vocabularies), instead of silently keeping every character."""
+    missing = [name for name, i in (("unknown", tok.unk_token_id), ("end-of-text", tok.eos_token_id)) if i is None]
+    if missing:
+        raise ZhloraError(f"--decoding {decoding} needs a character-level vocabulary, but the tokenizer has no "
+                          f"{' or '.join(missing)} token id; use --decoding free for this model")
+    vocab = tok.get_vocab()
+    han = [ch for s in sources for ch in s if "\u4e00" <= ch <= "\u9fff"]
+    covered = sum(ch in vocab for ch in han) / len(han) if han else 1.0
+    if covered < 0.5:
+        raise ZhloraError(f"--decoding {decoding} writes one token per character, but only {covered:.0%} of the "
+                          "Chinese characters in the data are single tokens of this model's vocabulary (it is not "
+                          "character-level); use --decoding free for this model")
+
+
 def candidate_table(tokenizer, confusion) -> dict[str, list[int]]:
     """char -> token ids of its confusion candidates that are single tokens of the vocabulary."""
     vocab = tokenizer.get_vocab()
@@ -76,16 +93,6 @@ class ConfusionProcessor:
         return out
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
-
-
 def correct(engine, sources: list[str], adapter: str | None = None, margin: float = DEFAULT_MARGIN,
             batch_size: int = 16, confusion=None, progress: bool = False) -> list[str]:
     """Corrected sentences (same length as their sources), in input order."""
@@ -93,26 +100,25 @@ def correct(engine, sources: list[str], adapter: str | None = None, margin: floa
 
     from zhlora.gec.confusion import load_confusion
     from zhlora.gec.prompt import gec_conversation
+    from zhlora.infer.engine import pad_id, pad_rows, progress_bar
 
     tok = engine.tokenizer
-    if tok.unk_token_id is None:
-        raise ZhloraError("confusion decoding needs a tokenizer with an unknown-token id "
-                          "(a character-level vocabulary); use --decoding free for this model")
+    require_char_vocab(tok, "confusion", sources)
     confusion = confusion or load_confusion("".join(tok.get_vocab()), prefer="auto")
     choices = build_choices(sources, tok, candidate_table(tok, confusion))
     prompts = [engine.encode(gec_conversation(s), adapter) for s in sources]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     order = sorted(range(len(sources)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(sources)
-    bar = _bar(len(sources), progress)
+    bar = progress_bar(len(sources), progress, unit="sent")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        ids, mask = _left_pad([prompts[i] for i in rows], pad)
+        ids, mask = pad_rows([prompts[i] for i in rows], pad, engine.device)
         proc = ConfusionProcessor(choices, rows, ids.shape[1], tok.eos_token_id, tok.unk_token_id, margin)
         cfg = GenerationConfig(max_new_tokens=max(len(sources[i]) for i in rows) + 1, do_sample=False,
                                pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True)
         with engine.using(adapter) as model:
-            seqs = model.generate(input_ids=ids.to(engine.device), attention_mask=mask.to(engine.device),
+            seqs = model.generate(input_ids=ids, attention_mask=mask,
                                          generation_config=cfg, logits_processor=LogitsProcessorList([proc]))
         for b, n in enumerate(rows):
             out[n] = _to_text(sources[n], seqs[b, ids.shape[1]:].tolist(), choices.keep[n], tok)
@@ -128,8 +134,3 @@ def _to_text(source: str, new: list[int], keep: list[int], tok) -> str:
         chars.append(ch if keep[i] < 0 or t == keep[i] else tok.convert_ids_to_tokens(t))
     return "".join(chars)
 
-
-def _bar(total: int, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="sent", disable=not show, dynamic_ncols=True, leave=False)

@@ -66,17 +66,12 @@ class View:
     weight: float
 
 
-def _forward(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
+def _forward(model, rows: list[list[int]], pad: int) -> torch.Tensor:
     """Log-probabilities (B, T, V) of right-padded rows (positions are 0..len-1 either way)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[b, :len(r)] = 1
-    device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
+    from zhlora.infer.engine import pad_rows
+
+    ids, mask = pad_rows(rows, pad, next(model.parameters()).device, side="right")
+    return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
 
 
 def _batches(items: list, rows: list[list[int]], batch_size: int):
@@ -140,15 +135,14 @@ def correct_rescored(engine, sources: list[str], adapter: str | None = None,
                      progress: bool = False) -> list[str]:
     """Corrected sentences (same length as their sources), in input order."""
     from zhlora.gec.confusion import load_confusion
-    from zhlora.gec.constrained import build_choices, candidate_table
+    from zhlora.gec.constrained import build_choices, candidate_table, require_char_vocab
     from zhlora.gec.prompt import gec_conversation
+    from zhlora.infer.engine import pad_id, progress_bar
 
     opts = opts or RescoreOptions()
     opts.check()
     tok = engine.tokenizer
-    if tok.unk_token_id is None or tok.eos_token_id is None:
-        raise ZhloraError("rescore decoding needs a tokenizer with unknown- and end-token ids "
-                          "(a character-level vocabulary); use --decoding free for this model")
+    require_char_vocab(tok, "rescore", sources)
     confusion = confusion or load_confusion("".join(tok.get_vocab()), prefer="auto")
     choices = build_choices(sources, tok, candidate_table(tok, confusion))
     answers = [[k if k >= 0 else tok.unk_token_id for k in keep] + [tok.eos_token_id]
@@ -156,8 +150,8 @@ def correct_rescored(engine, sources: list[str], adapter: str | None = None,
     answer = View([engine.encode(gec_conversation(s), adapter) for s in sources], opts.answer_weight)
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
     text = View([bos] * len(sources), opts.lm_weight)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    bar = _bar(len(sources), progress)
+    pad = pad_id(tok)
+    bar = progress_bar(len(sources), progress, unit="sent")
     with engine.using(adapter) as model:
         lead_a = propose(model, answer, answers, choices.alts, pad, batch_size) if answer.weight else {}
         lead_t = propose(model, text, answers, choices.alts, pad, batch_size) if text.weight else {}
@@ -182,8 +176,3 @@ def apply_gains(sources: list[str], gains: dict, margin: float, tok) -> list[str
         out[n][i] = tok.convert_ids_to_tokens(c)
     return ["".join(o) for o in out]
 
-
-def _bar(total: int, show: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="sent", disable=not show, dynamic_ncols=True, leave=False)

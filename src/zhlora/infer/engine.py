@@ -184,7 +184,7 @@ class Engine:
                           opts.stop, opts.ignore_eos)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[Completion | None] = [None] * len(prompts)
-        bar = _progress_bar(len(prompts), progress)
+        bar = progress_bar(len(prompts), progress)
         for start in range(0, len(order), max(1, batch_size)):
             idx = order[start:start + max(1, batch_size)]
             for i, c in zip(idx, self._run_batch([prompts[i] for i in idx], adapter, opts, rules, cancel)):
@@ -243,7 +243,7 @@ class Engine:
 
     def _run_batch(self, rows: list[list[int]], adapter: str | None, opts: GenerationOptions,
                    rules: StopRules, cancel: threading.Event | None, streamer=None) -> list[Completion]:
-        ids, mask = _left_pad(rows, _pad_id(self.tokenizer), self.device)  # (B, T), (B, T)
+        ids, mask = pad_rows(rows, pad_id(self.tokenizer), self.device)  # (B, T), (B, T)
         config = self._generation_config(opts, rules)
         criteria = generation_criteria(rules, ids.shape[1], cancel)
         with self.using(adapter):
@@ -260,7 +260,7 @@ class Engine:
 
         sample = opts.temperature > 0
         kw = dict(max_new_tokens=opts.max_new_tokens, do_sample=sample,
-                  pad_token_id=_pad_id(self.tokenizer),
+                  pad_token_id=pad_id(self.tokenizer),
                   eos_token_id=None if opts.ignore_eos else (rules.stop_ids or None),
                   repetition_penalty=opts.repetition_penalty, use_cache=True)
         if sample:  # a fresh config: the checkpoint's own sampling defaults do not leak in
@@ -268,21 +268,24 @@ class Engine:
         return GenerationConfig(**kw)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its end-of-text id, else 0."""
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids (B, T) and attention_mask (B, T), padded on the left."""
+def pad_rows(rows: list[list[int]], pad: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids (B, T) and attention_mask (B, T), padded on the left (generation) or the
+    right (scoring: positions then run 0..len-1 in every row)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            ids[i, cols] = torch.tensor(r, dtype=torch.long)
+            mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -294,9 +297,10 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, show: bool):
+def progress_bar(total: int, show: bool, unit: str = "prompt"):
+    """A tqdm bar on stderr, or a no-op when hidden."""
     if not show:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="prompt", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
