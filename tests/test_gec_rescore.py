@@ -62,7 +62,35 @@ def test_batched_equals_one_by_one(engine):
     opts = RescoreOptions(margin=0.0, propose=-5.0)
     both = correct_rescored(engine, SOURCES, opts=opts, confusion=CONF, batch_size=3)
     single = [correct_rescored(engine, [s], opts=opts, confusion=CONF)[0] for s in SOURCES]
-    assert both == single
+    assert both == single and both != SOURCES     # something was corrected, the same either way
+
+
+def test_decision_is_weighted_answer_lead_plus_text_gain_against_the_margin(engine):
+    """One candidate at one position; its score computed here from plain unpadded forwards:
+    answer_weight x left lead in the prompted answer + lm_weight x whole-sentence text gain.
+    A margin just below the score makes the change, just above keeps the source."""
+    from zhlora.gec.confusion import ConfusionSet
+    from zhlora.gec.prompt import gec_conversation
+
+    tok = engine.tokenizer
+    vocab = tok.get_vocab()
+    src = SOURCES[1]
+    i, c = src.index("错"), vocab["在"]
+    conf = ConfusionSet(same_tone={"错": "在"}, other_tone={}, glyph={}, source="test")
+    answer = [vocab[x] for x in src] + [tok.eos_token_id]
+    prompt = engine.encode(gec_conversation(src), None)
+    with engine.using(None) as model:
+        lp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits.float(), -1)[0]
+        lead = (lp[len(prompt) - 1 + i, c] - lp[len(prompt) - 1 + i, answer[i]]).item()
+        edited = list(answer)
+        edited[i] = c
+        gain = (_sentence_logprob(model, [tok.bos_token_id] + edited, 1)
+                - _sentence_logprob(model, [tok.bos_token_id] + answer, 1))
+    score = 0.3 * lead + 0.7 * gain
+    fixed = src[:i] + "在" + src[i + 1:]
+    for margin, want in ((score - 1e-3, fixed), (score + 1e-3, src)):
+        opts = RescoreOptions(margin=margin, answer_weight=0.3, lm_weight=0.7, top_k=1, propose=-1e9)
+        assert correct_rescored(engine, [src], opts=opts, confusion=conf) == [want], (margin, score)
 
 
 @pytest.mark.parametrize("kw", [dict(top_k=0), dict(lm_weight=0, answer_weight=0), dict(lm_weight=-1)])
@@ -82,3 +110,34 @@ def test_gec_eval_cli_rescore(tiny_llama, tmp_path):
     preds = [json.loads(x)["prediction"] for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert preds == ["今田天气很好。", "他的措误。"]          # margin 1e9: nothing changes
     assert "lm weight 0.5, top-k 1" in (out / "report.md").read_text(encoding="utf-8")
+    assert main(["gec", "eval", "--model", str(tiny_llama), "--data", str(data), "--decoding", "rescore",
+                 "--margin=-1e9", "--top-k", "1", "--output", str(tmp_path / "ev2")]) == 0
+    preds = [json.loads(x)["prediction"] for x in (tmp_path / "ev2" / "predictions.jsonl").read_text().splitlines()]
+    assert preds != ["今田天气很好。", "他的措误。"]          # the margin reached the decoder
+
+
+@pytest.mark.parametrize("argv,msg", [(["--batch-size", "0"], "--batch-size must be at least 1"),
+                                      (["--decoding", "rescore", "--top-k", "0"], "top-k must be at least 1"),
+                                      (["--limit", "-2"], "--limit must be 0")])
+def test_gec_eval_refuses_bad_options_before_loading(tmp_path, capsys, argv, msg):
+    from zhlora.cli import main
+
+    data = tmp_path / "t.para"
+    data.write_text("1\t今田天气很好。\t今天天气很好。\n", encoding="utf-8")
+    # the model folder does not exist: the options must be refused before anything is loaded
+    assert main(["gec", "eval", "--model", str(tmp_path / "none"), "--data", str(data),
+                 "--output", str(tmp_path / "ev"), *argv]) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_byte_level_vocabulary_is_refused_with_a_message():
+    from types import SimpleNamespace
+
+    from zhlora.gec.constrained import require_char_vocab
+
+    bpe = SimpleNamespace(unk_token_id=0, eos_token_id=1, get_vocab=lambda: {"çļĦ": 5, "a": 6})
+    with pytest.raises(ZhloraError, match="not character-level"):
+        require_char_vocab(bpe, "confusion", ["今天天气很好"])
+    no_unk = SimpleNamespace(unk_token_id=None, eos_token_id=1, get_vocab=lambda: {})
+    with pytest.raises(ZhloraError, match="no unknown token id"):
+        require_char_vocab(no_unk, "rescore", ["今天"])

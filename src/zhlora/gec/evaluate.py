@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.gec import rescore
 from zhlora.gec.formats import Example, load, para_text, resolved_targets
 
 # -- output cleaning -----------------------------------------------------------------
@@ -189,9 +190,27 @@ class EvalConfig:
     overwrite: bool = False
     decoding: str = "free"        # free | confusion (zhlora.gec.constrained) | rescore (zhlora.gec.rescore)
     margin: float | None = None   # confusion/rescore: lead a change needs (None: 1.0 / 8.0)
-    lm_weight: float = 1.0        # rescore: weight of the sentence's plain-text log-prob gain
-    answer_weight: float = 0.25   # rescore: weight of the answer's left-context lead
-    top_k: int = 2                # rescore: candidates per position checked on the whole sentence
+    lm_weight: float = rescore.DEFAULT_LM_WEIGHT          # rescore: weight of the plain-text gain
+    answer_weight: float = rescore.DEFAULT_ANSWER_WEIGHT  # rescore: weight of the answer's left lead
+    top_k: int = rescore.DEFAULT_TOP_K                    # rescore: candidates checked per position
+
+    def check(self) -> None:
+        """Refuse bad options before the model is loaded."""
+        if self.decoding not in ("free", "confusion", "rescore"):
+            raise ZhloraError(f"unknown decoding {self.decoding!r}; use free, confusion or rescore")
+        for name in ("batch_size",):
+            if getattr(self, name) < 1:
+                raise ZhloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("limit", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise ZhloraError(f"--{name.replace('_', '-')} must be 0 (all / automatic) or more, "
+                                  f"got {getattr(self, name)}")
+        if self.decoding == "rescore":
+            self.rescore_options().check()
+
+    def rescore_options(self) -> rescore.RescoreOptions:
+        return rescore.RescoreOptions(margin=margin_for(self), lm_weight=self.lm_weight,
+                                      answer_weight=self.answer_weight, top_k=self.top_k)
 
 
 @dataclass
@@ -217,11 +236,10 @@ def load_test_set(cfg: EvalConfig) -> tuple[list[Example], str]:
 def margin_for(cfg: EvalConfig) -> float:
     """cfg.margin, or the decoding's default (confusion 1.0, rescore 8.0)."""
     from zhlora.gec.constrained import DEFAULT_MARGIN
-    from zhlora.gec.rescore import DEFAULT_MARGIN as RESCORE_MARGIN
 
     if cfg.margin is not None:
         return cfg.margin
-    return RESCORE_MARGIN if cfg.decoding == "rescore" else DEFAULT_MARGIN
+    return rescore.DEFAULT_MARGIN if cfg.decoding == "rescore" else DEFAULT_MARGIN
 
 
 def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = False) -> list[str]:
@@ -237,14 +255,8 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
         return correct(engine, sources, adapter="gec" if cfg.adapter else None, margin=margin_for(cfg),
                        batch_size=cfg.batch_size, progress=progress)
     if cfg.decoding == "rescore":
-        from zhlora.gec.rescore import RescoreOptions, correct_rescored
-
-        opts = RescoreOptions(margin=margin_for(cfg), lm_weight=cfg.lm_weight,
-                              answer_weight=cfg.answer_weight, top_k=cfg.top_k)
-        return correct_rescored(engine, sources, adapter="gec" if cfg.adapter else None, opts=opts,
-                                batch_size=cfg.batch_size, progress=progress)
-    if cfg.decoding != "free":
-        raise ZhloraError(f"unknown decoding {cfg.decoding!r}; use free, confusion or rescore")
+        return rescore.correct_rescored(engine, sources, adapter="gec" if cfg.adapter else None,
+                                        opts=cfg.rescore_options(), batch_size=cfg.batch_size, progress=progress)
     max_new = cfg.max_new_tokens or min(1024, 2 * max(len(s) for s in sources) + 20)
     opts = GenerationOptions(max_new_tokens=max_new, temperature=0.0)
     convs = [gec_conversation(s) for s in sources]
@@ -255,6 +267,7 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
 def run_eval(cfg: EvalConfig, progress: bool = False) -> EvalResult:
     from zhlora.outputs import atomic_output_dir, check_output_free
 
+    cfg.check()
     check_output_free(cfg.output, cfg.overwrite)
     examples, fmt = load_test_set(cfg)
     raw = generate_corrections(cfg, [e.source for e in examples], progress)
