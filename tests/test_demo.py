@@ -112,3 +112,28 @@ def test_demo_decodings_are_checked_and_the_table_has_a_row_per_decoder_and_mode
     assert len(rows) == 2 + 6
     assert rows[2].startswith("| rescore | base | 0.500 | 0.250 | 0.417 | 0.500 | 0.200 | 0.100 | 0.133 | 0.000 |")
     assert rows[-2].startswith("| confusion | adapter |") and rows[-2].endswith("| 0.316 |")
+
+
+def test_demo_sighan_results_are_reused_only_for_the_same_lines(tmp_path):
+    """The eval folder names what was scored: a --sighan-limit 50 run is not reused by a full one."""
+    for name, f1 in (("sighan-base-rescore-m5-first50", 0.5), ("sighan-base-rescore-m5", 0.25)):
+        (tmp_path / "eval" / name).mkdir(parents=True)
+        (tmp_path / "eval" / name / "metrics.json").write_text(json.dumps({"f1": f1}), encoding="utf-8")
+    sets, models = {"sighan": ("unused.tsv", "sighan")}, {"base": (tmp_path / "no-model", None)}
+    assert demo.evaluate(tmp_path, models, sets, "rescore", None, 50)["base"]["sighan"]["f1"] == 0.5
+    assert demo.evaluate(tmp_path, models, sets, "rescore", None, 0)["base"]["sighan"]["f1"] == 0.25
+
+
+@pytest.mark.parametrize("argv,msg", [(["--decoding", "beam"], "use rescore, confusion"),
+                                      (["--base", "{tmp}"], "not a model folder"),
+                                      (["--gec-steps", "0"], "--gec-steps must be at least 1"),
+                                      (["--workdir", "{tmp}/file"], "is a file")])
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys, argv, msg):
+    from zhlora.cli import main
+
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    workdir = [] if "--workdir" in argv else ["--workdir", str(tmp_path / "work")]
+    assert main(["demo", *workdir, *argv]) == 2
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()

