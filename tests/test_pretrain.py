@@ -76,3 +76,16 @@ def test_thread_tuner_keeps_the_faster_count(one, many, expect):
         assert len(t.times[2]) == 3 and len(t.times[1]) == 7
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(steps=0), "--steps must be at least 1"),
+                                    (dict(log_every=0), "--log-every must be at least 1"),
+                                    (dict(hidden=30, heads=4), "multiple of --heads"),
+                                    (dict(limit_paragraphs=10), "--limit-paragraphs 10")])
+def test_pretrain_refuses_bad_settings_before_reading_the_corpus(tmp_path, kw, msg):
+    from zhlora.errors import ZhloraError
+    from zhlora.pretrain import PretrainConfig, pretrain
+
+    with pytest.raises(ZhloraError, match=msg):
+        pretrain(PretrainConfig(output=str(tmp_path / "out"), **kw))
+    assert not (tmp_path / "out").exists()

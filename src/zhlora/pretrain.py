@@ -65,6 +65,19 @@ class PretrainConfig:
     overwrite: bool = False
     init: str = ""                  # continue from this model folder (its tokenizer and weights)
 
+    def check(self) -> None:
+        """Refuse settings that would fail (or divide by zero) minutes into the run."""
+        for name in ("hidden", "layers", "heads", "seq_len", "batch_size", "steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ZhloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ZhloraError(f"--hidden {self.hidden} must be a multiple of --heads {self.heads}")
+        if self.limit_paragraphs and self.limit_paragraphs < HELDOUT_EVERY:
+            raise ZhloraError(f"--limit-paragraphs {self.limit_paragraphs}: every {HELDOUT_EVERY}th paragraph "
+                              f"is held out for the perplexity, so use 0 (all) or at least {HELDOUT_EVERY}")
+        if self.init and not (Path(self.init) / "config.json").is_file():
+            raise ZhloraError(f"--init {self.init}: not a model folder (no config.json)")
+
 
 # -- corpus ---------------------------------------------------------------------------
 def corpus_path() -> Path:
@@ -319,12 +332,16 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """Train the tiny base and write it (fp16 safetensors + tokenizer + pretrain_info.json)."""
     from zhlora.outputs import atomic_output_dir, check_output_free
 
+    cfg.check()
     check_output_free(cfg.output, cfg.overwrite)
     train_paras, held = corpus_split(load_paragraphs(cfg.limit_paragraphs))
     if cfg.init:
         from zhlora.models.loading import load_model, load_tokenizer
 
         tok, model = load_tokenizer(cfg.init), load_model(cfg.init, dtype="float32")
+        if tok.bos_token_id is None or tok.eos_token_id is None:
+            raise ZhloraError(f"--init {cfg.init}: its tokenizer has no begin/end-of-text token; pretraining "
+                              "wraps every paragraph in them (use a folder made by `zhlora pretrain`)")
     else:
         tok = build_tokenizer(train_paras + held)
         model = build_model(tok, cfg)
