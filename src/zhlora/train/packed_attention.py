@@ -74,9 +74,14 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     return torch.cat(rows, dim=0), None
 
 
+def _unwrap(model):
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_segments(model) -> bool:
     """True for models whose attention goes through transformers' AttentionInterface."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrap(model)
     return bool(getattr(base, "_supports_attention_backend", False)) and hasattr(base, "set_attn_implementation")
 
 
@@ -86,7 +91,7 @@ def segment_attention(model) -> Iterator[None]:
     from transformers import AttentionInterface
 
     AttentionInterface.register(ATTN_NAME, packed_sdpa_forward)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrap(model)
     before = base.config._attn_implementation
     base.set_attn_implementation(ATTN_NAME)
     try:

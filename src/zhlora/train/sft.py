@@ -185,11 +185,13 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
 
 
 def _importable(module: str) -> bool:
+    """Installed? Found without importing it (deepspeed's import alone takes seconds)."""
+    import importlib.util
+
     try:
-        __import__(module)
-    except ImportError:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:      # sys.modules[module] is None: imports of it are blocked
         return False
-    return True
 
 
 def uses_segments(cfg: TrainConfig, model) -> bool:
