@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
+from zhlora.outputs import atomic_write_text
 
 PUNCT = "，。、；：！？"
 PUNCT_INSTRUCTION = "给下面的句子加上标点符号。"
@@ -114,7 +115,7 @@ def punct_data(work: Path, files: dict[str, Path]) -> dict[str, Path]:
             continue
         sents = [s for s in pick_sentences(src, 4 * n, seed) if strip_punct(s) != s][:n]
         recs = [{"instruction": PUNCT_INSTRUCTION, "input": strip_punct(s), "output": s} for s in sents]
-        out[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+        atomic_write_text(out[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     return out
 
 

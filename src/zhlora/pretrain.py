@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
+from zhlora.outputs import atomic_write_text
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny-zh"
 HELDOUT_EVERY = 50
@@ -128,7 +129,7 @@ def write_corpus_files(out_dir: Path, limit: int = 0) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"train": out_dir / "train.txt", "heldout": out_dir / "heldout.txt"}
     for name, paras in (("train", train), ("heldout", held)):
-        files[name].write_text("".join(s + "\n" for s in sentences(paras)), encoding="utf-8")
+        atomic_write_text(files[name], "".join(s + "\n" for s in sentences(paras)))   # the demo reuses it
     return files
 
 
