@@ -24,6 +24,12 @@ def test_candidate_table_keeps_only_single_token_characters(engine):
     for ch, ids in table.items():
         assert len(ids) == len(set(ids))
         assert all(i in vocab.values() for i in ids)
+    # every table entry is exactly the in-vocabulary candidates of CONF, in the sets' order
+    for ch in ("天", "气", "很", "好", "错"):
+        want = [vocab[c] for tab in (CONF.same_tone, CONF.other_tone, CONF.glyph)
+                for c in tab.get(ch, "") if c in vocab]
+        assert table.get(ch, []) == want, ch
+    assert any(c not in vocab for c in "田添汽器狠号措")     # some candidates are dropped
     choices = build_choices(["天X"], engine.tokenizer, table)
     assert choices.keep[0][0] == vocab["天"]
     assert choices.alts[0][1] == []  # no candidates for a character without them
