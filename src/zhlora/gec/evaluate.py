@@ -205,6 +205,9 @@ class EvalConfig:
             if getattr(self, name) < 0:
                 raise ZhloraError(f"--{name.replace('_', '-')} must be 0 (all / automatic) or more, "
                                   f"got {getattr(self, name)}")
+        if self.decoding == "free" and self.margin is not None:
+            raise ZhloraError(f"--margin {self.margin} applies to --decoding confusion or rescore; free greedy "
+                              "decoding has no margin (add --decoding confusion or rescore, or drop --margin)")
         if self.decoding == "rescore":
             self.rescore_options().check()
 
