@@ -86,6 +86,31 @@ def test_demo_reuses_what_it_built(tmp_path):
     assert demo.train_lora(tmp_path / "no-such-base", data["gec_train"], run, 5) == run
 
 
+def test_demo_trains_on_dense_errors_and_tests_on_sparse_ones(tmp_path, heldout):
+    """The adapter's pairs carry ~8x more edits per character than the test pairs (SYNTH_DENSITY)."""
+    import difflib
+
+    work = tmp_path / "demo"
+    (work / "corpus").mkdir(parents=True)
+    text = "".join(s + "\n" for s in heldout[:400])
+    files = {k: work / "corpus" / f"{k}.txt" for k in ("train", "heldout")}
+    for f in files.values():
+        f.write_text(text, encoding="utf-8")
+    data = demo.synth(work, files, 150, 150)
+
+    def changed_share(pairs: list[tuple[str, str]]) -> float:
+        changed = sum(len(a) - sum(b.size for b in difflib.SequenceMatcher(None, a, c).get_matching_blocks())
+                      for a, c in pairs)
+        return changed / sum(len(a) for a, _ in pairs)
+
+    train = [(r["input"], r["output"]) for r in map(json.loads, data["gec_train"].read_text("utf-8").splitlines())]
+    test = [tuple(line.split("\t")[1:3]) for line in data["gec_test"].read_text("utf-8").splitlines()]
+    assert len(train) == len(test) == 150
+    dense, sparse = changed_share(train), changed_share(test)
+    assert sparse > 0 and dense > 4 * sparse, (dense, sparse)
+    assert sum(a == c for a, c in train) < 0.15 * len(train) < sum(a == c for a, c in test)
+
+
 def test_punct_score_counts_marks():
     recs = [{"input": "今天很好我们去吧", "output": "今天很好，我们去吧。"},
             {"input": "好的", "output": "好的。"}]
