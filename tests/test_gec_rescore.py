@@ -119,7 +119,10 @@ def test_gec_eval_cli_rescore(tiny_llama, tmp_path):
 @pytest.mark.parametrize("argv,msg", [(["--batch-size", "0"], "--batch-size must be at least 1"),
                                       (["--decoding", "rescore", "--top-k", "0"], "top-k must be at least 1"),
                                       (["--limit", "-2"], "--limit must be 0"),
-                                      (["--margin", "2"], "free greedy decoding has no margin")])
+                                      (["--margin", "2"], "free greedy decoding has no margin"),
+                                      (["--decoding", "confusion", "--lm-weight", "0.5", "--top-k", "3"],
+                                       "--lm-weight 0.5, --top-k 3 only apply to --decoding rescore"),
+                                      (["--answer-weight", "1"], "only apply to --decoding rescore, not free")])
 def test_gec_eval_refuses_bad_options_before_loading(tmp_path, capsys, argv, msg):
     from zhlora.cli import main
 

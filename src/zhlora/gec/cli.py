@@ -46,6 +46,10 @@ def _add_synth(sub) -> None:
     p.add_argument("--max-edits", type=int, default=4, help="edits per sentence at most (default 4)")
     p.add_argument("--mix", default="", help="error-type weights, e.g. char_pinyin=3,word_swap=1 "
                    "(types not named get 0; default: the built-in mix)")
+    p.add_argument("--substitute", choices=("uniform", "frequent"), default="uniform",
+                   help="how a wrong character is picked from its confusion set: uniform (default), or "
+                   "frequent (in proportion to its count in the input text + 1, as writers slip to "
+                   "characters they use often)")
     p.add_argument("--confusion", choices=("auto", "pycorrector", "pypinyin"), default="auto",
                    help="confusion-set source (auto: pycorrector's files if installed)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -56,7 +60,7 @@ def cmd_synth(args) -> int:
     from zhlora.gec.synth import DEFAULT_MIX, SynthConfig, parse_mix, run_synth
 
     cfg = SynthConfig(seed=args.seed, error_rate=args.error_rate, keep_ratio=args.keep_ratio,
-                      max_edits=args.max_edits,
+                      max_edits=args.max_edits, substitute=args.substitute,
                       mix=parse_mix(args.mix) if args.mix else dict(DEFAULT_MIX))
     stats, confusion = run_synth(args.input, args.output, cfg, fmt=args.format,
                                  confusion=args.confusion, overwrite=args.overwrite,
@@ -172,12 +176,12 @@ def _add_eval(sub) -> None:
     p.add_argument("--margin", type=float, default=None,
                    help="confusion/rescore decoding: log-probability lead a change needs "
                    "(default 1.0 for confusion, 8.0 for rescore)")
-    p.add_argument("--lm-weight", type=float, default=1.0,
+    p.add_argument("--lm-weight", type=float, default=None,
                    help="rescore: weight of the sentence's plain-text log-probability gain (default 1.0)")
-    p.add_argument("--answer-weight", type=float, default=0.25,
+    p.add_argument("--answer-weight", type=float, default=None,
                    help="rescore: weight of the left-context lead as the answer to the GEC prompt "
                    "(default 0.25)")
-    p.add_argument("--top-k", type=int, default=2,
+    p.add_argument("--top-k", type=int, default=None,
                    help="rescore: candidates per position checked on the whole sentence (default 2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_eval)

@@ -190,9 +190,10 @@ class EvalConfig:
     overwrite: bool = False
     decoding: str = "free"        # free | confusion (zhlora.gec.constrained) | rescore (zhlora.gec.rescore)
     margin: float | None = None   # confusion/rescore: lead a change needs (None: 1.0 / 8.0)
-    lm_weight: float = rescore.DEFAULT_LM_WEIGHT          # rescore: weight of the plain-text gain
-    answer_weight: float = rescore.DEFAULT_ANSWER_WEIGHT  # rescore: weight of the answer's left lead
-    top_k: int = rescore.DEFAULT_TOP_K                    # rescore: candidates checked per position
+    # rescore only (None: rescore.DEFAULT_*); refused with the other decodings, which would ignore them
+    lm_weight: float | None = None        # weight of the plain-text whole-sentence gain
+    answer_weight: float | None = None    # weight of the answer's left-context lead
+    top_k: int | None = None              # candidates checked per position
 
     def check(self) -> None:
         """Refuse bad options before the model is loaded."""
@@ -210,10 +211,17 @@ class EvalConfig:
                               "decoding has no margin (add --decoding confusion or rescore, or drop --margin)")
         if self.decoding == "rescore":
             self.rescore_options().check()
+            return
+        given = [f"--{k.replace('_', '-')} {v}" for k, v in self._rescore_given().items()]
+        if given:
+            raise ZhloraError(f"{', '.join(given)} only apply to --decoding rescore, not {self.decoding} "
+                              "(add --decoding rescore, or drop them)")
+
+    def _rescore_given(self) -> dict:
+        return {k: v for k in ("lm_weight", "answer_weight", "top_k") if (v := getattr(self, k)) is not None}
 
     def rescore_options(self) -> rescore.RescoreOptions:
-        return rescore.RescoreOptions(margin=margin_for(self), lm_weight=self.lm_weight,
-                                      answer_weight=self.answer_weight, top_k=self.top_k)
+        return rescore.RescoreOptions(margin=margin_for(self), **self._rescore_given())
 
 
 @dataclass
@@ -307,8 +315,9 @@ def _decoding_line(cfg: EvalConfig) -> str:
         return (f"- decoding: greedy, batch {cfg.batch_size}, max new tokens "
                 f"{cfg.max_new_tokens or '2 x longest source + 20'}")
     if cfg.decoding == "rescore":
+        opts = cfg.rescore_options()
         return (f"- decoding: confusion candidates rescored on the whole sentence (margin {margin_for(cfg)}, "
-                f"answer weight {cfg.answer_weight}, lm weight {cfg.lm_weight}, top-k {cfg.top_k}), "
+                f"answer weight {opts.answer_weight}, lm weight {opts.lm_weight}, top-k {opts.top_k}), "
                 f"batch {cfg.batch_size}")
     return f"- decoding: confusion-constrained greedy (margin {margin_for(cfg)}), batch {cfg.batch_size}"
 

@@ -14,6 +14,10 @@ the error mix:
     word_substitute  a word -> a homophone word or a word sharing a character (corpus vocabulary)
     punct            punctuation replaced, dropped, or a comma inserted
 
+A character substitution picks the wrong character uniformly from the confusion set
+(`substitute="uniform"`), or in proportion to its count in the input text plus one
+(`substitute="frequent"`): writers who pick the wrong character mostly pick one they use often.
+
 A share `keep_ratio` of sentences is left unchanged so the model learns to copy correct
 text. Two edits never touch the same word. Everything is driven by one `random.Random(seed)`
 and ordered lists (no set or hash order), so the same seed gives byte-identical output.
@@ -34,6 +38,7 @@ DEFAULT_MIX = {"char_pinyin": 0.30, "char_glyph": 0.10, "char_insert": 0.08, "ch
                "word_delete": 0.08, "word_duplicate": 0.06, "word_swap": 0.08,
                "word_substitute": 0.10, "punct": 0.12}
 PUNCT = "，。、；：！？"
+SUBSTITUTE = ("uniform", "frequent")
 _CHAR_POOL_MAX = 200_000
 
 
@@ -44,8 +49,11 @@ class SynthConfig:
     keep_ratio: float = 0.3       # share of sentences emitted unchanged
     max_edits: int = 4            # per sentence
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    substitute: str = "uniform"   # uniform | frequent: how a substituted character is picked
 
     def check(self) -> None:
+        if self.substitute not in SUBSTITUTE:
+            raise ZhloraError(f"substitute {self.substitute!r}: use one of {', '.join(SUBSTITUTE)}")
         if not 0.0 <= self.keep_ratio <= 1.0:
             raise ZhloraError(f"keep ratio {self.keep_ratio} is outside [0, 1]; e.g. --keep-ratio 0.3")
         if not 0.0 <= self.error_rate <= 1.0:
@@ -118,6 +126,7 @@ class Corruptor:
 
     def __init__(self, confusion: ConfusionSet, vocab: list[str], char_pool: list[str], cfg: SynthConfig):
         self.conf, self.vocab, self.char_pool, self.cfg = confusion, vocab, char_pool, cfg
+        self._char_count = Counter(char_pool) if cfg.substitute == "frequent" else None
         self._homophones: dict[str, list[str]] | None = None
         self._shared: dict[tuple[int, int, str], list[str]] | None = None
         names = [t for t in ERROR_TYPES if cfg.mix.get(t, 0) > 0]
@@ -150,9 +159,14 @@ class Corruptor:
         i, j = rng.choice(spots)
         c = toks[i][j]
         table = rng.choice([t for t in tables if c in t])
-        toks[i] = toks[i][:j] + rng.choice(table[c]) + toks[i][j + 1:]
+        toks[i] = toks[i][:j] + self._pick(table[c], rng) + toks[i][j + 1:]
         locked[i] = True
         return True
+
+    def _pick(self, options: str | list[str], rng: random.Random) -> str:
+        if self._char_count is None:
+            return rng.choice(options)
+        return rng.choices(options, [self._char_count[o] + 1 for o in options])[0]
 
     # -- edits (each returns True when it changed the sentence) -------------------
     def _char_pinyin(self, toks, locked, rng) -> bool:
