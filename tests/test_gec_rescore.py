@@ -30,6 +30,37 @@ def test_no_margin_changes_every_position_that_has_candidates(engine):
             assert h in _cands(s, vocab) if _cands(s, vocab) else h == s
 
 
+def test_progress_bar_counts_every_forward_row(engine, monkeypatch):
+    """The bar ends full: 2 views x N sentences, plus the verification rows it adds on the way."""
+    import zhlora.infer.engine as eng
+    from zhlora.gec.rescore import verify_rows
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, show, unit):
+            self.total, self.n, self.totals = total, 0, [total]
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def grow(self, n):
+            self.total += n
+            self.totals.append(self.total)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(eng, "progress_bar", Bar)
+    opts = RescoreOptions(margin=0.0, propose=-1e9, top_k=2)
+    correct_rescored(engine, SOURCES, opts=opts, confusion=CONF, batch_size=2, progress=True)
+    (bar,) = bars
+    assert bar.totals[0] == 2 * len(SOURCES) and len(bar.totals) == 2 and bar.total > 2 * len(SOURCES)
+    assert bar.n == bar.total
+    assert verify_rows([(0, 1, 5), (0, 2, 6), (3, 0, 7)]) == 2 + 3
+
+
 def _sentence_logprob(model, row: list[int], start: int) -> float:
     """log P(row[start:] | row[:start]) from one unpadded forward (independent of verify)."""
     ids = torch.tensor([row])

@@ -74,20 +74,23 @@ def _forward(model, rows: list[list[int]], pad: int) -> torch.Tensor:
     return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
 
 
-def _batches(items: list, rows: list[list[int]], batch_size: int):
-    """(chunk of items, their rows), longest rows first so padding stays small."""
+def _batches(items: list, rows: list[list[int]], batch_size: int, bar=None):
+    """(chunk of items, their rows), longest rows first so padding stays small; `bar` (a progress
+    bar counting rows) moves on after each chunk."""
     order = sorted(range(len(items)), key=lambda k: -len(rows[k]))
     for s in range(0, len(order), batch_size):
         ks = order[s:s + batch_size]
         yield [items[k] for k in ks], [rows[k] for k in ks]
+        if bar is not None:
+            bar.update(len(ks))
 
 
 def propose(model, view: View, answers: list[list[int]], alts, pad_id: int,
-            batch_size: int) -> dict[tuple[int, int, int], float]:
+            batch_size: int, bar=None) -> dict[tuple[int, int, int], float]:
     """{(sentence, position, candidate id): weighted left-context lead over the source char}."""
     eos_rows = [view.prefixes[n] + a for n, a in enumerate(answers)]
     leads: dict[tuple[int, int, int], float] = {}
-    for ns, rows in _batches(list(range(len(answers))), eos_rows, batch_size):
+    for ns, rows in _batches(list(range(len(answers))), eos_rows, batch_size, bar):
         lp = _forward(model, rows, pad_id)                            # (B, T, V)
         for b, n in enumerate(ns):
             start = len(view.prefixes[n]) - 1                         # predicts answer char 0
@@ -109,8 +112,14 @@ def pick_proposals(leads: dict, opts: RescoreOptions) -> list[tuple[int, int, in
             for _, c in sorted(vs, key=lambda x: (-x[0], x[1]))[:opts.top_k]]
 
 
+def verify_rows(props: list[tuple[int, int, int]]) -> int:
+    """How many rows `verify` reads: one unchanged row per sentence with a proposal, plus one per
+    proposal."""
+    return len({p[0] for p in props}) + len(props)
+
+
 def verify(model, view: View, answers: list[list[int]], props: list[tuple[int, int, int]],
-           pad_id: int, batch_size: int) -> dict[tuple[int, int, int], float]:
+           pad_id: int, batch_size: int, bar=None) -> dict[tuple[int, int, int], float]:
     """{proposal: weighted whole-sentence log-prob gain of the edited over the source row}."""
     items = [(n, -1, -1) for n in sorted({p[0] for p in props})] + list(props)
     rows = []
@@ -120,7 +129,7 @@ def verify(model, view: View, answers: list[list[int]], props: list[tuple[int, i
             answer[i] = c
         rows.append(view.prefixes[n] + answer)
     token_lp: dict[tuple[int, int, int], torch.Tensor] = {}
-    for chunk, chunk_rows in _batches(items, rows, batch_size):
+    for chunk, chunk_rows in _batches(items, rows, batch_size, bar):
         lp = _forward(model, chunk_rows, pad_id)                      # (B, T, V)
         for b, (n, i, c) in enumerate(chunk):
             p, r = len(view.prefixes[n]), chunk_rows[b]
@@ -151,15 +160,18 @@ def correct_rescored(engine, sources: list[str], adapter: str | None = None,
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
     text = View([bos] * len(sources), opts.lm_weight)
     pad = pad_id(tok)
-    bar = progress_bar(len(sources), progress, unit="sent")
+    # counts forward rows: one per sentence per view to propose, then the verification rows,
+    # added to the total once the proposals are known
+    bar = progress_bar(len(sources) * (bool(answer.weight) + bool(text.weight)), progress, unit="row")
     with engine.using(adapter) as model:
-        lead_a = propose(model, answer, answers, choices.alts, pad, batch_size) if answer.weight else {}
-        lead_t = propose(model, text, answers, choices.alts, pad, batch_size) if text.weight else {}
+        lead_a = propose(model, answer, answers, choices.alts, pad, batch_size, bar) if answer.weight else {}
+        lead_t = propose(model, text, answers, choices.alts, pad, batch_size, bar) if text.weight else {}
         keys = lead_a.keys() | lead_t.keys()
         props = pick_proposals({k: lead_a.get(k, 0.0) + lead_t.get(k, 0.0) for k in keys}, opts)
-        bar.update(len(sources) // 2)
-        gain_t = verify(model, text, answers, props, pad, batch_size) if text.weight else {}
-    bar.update(len(sources) - len(sources) // 2)
+        gain_t = {}
+        if text.weight:
+            bar.grow(verify_rows(props))
+            gain_t = verify(model, text, answers, props, pad, batch_size, bar)
     bar.close()
     gains = {k: lead_a.get(k, 0.0) + gain_t.get(k, 0.0) for k in props}
     return apply_gains(sources, gains, opts.margin, tok)
