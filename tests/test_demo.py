@@ -126,10 +126,24 @@ def test_demo_refuses_a_workdir_built_with_another_recipe(tmp_path):
     args.gec_steps = 300
     with pytest.raises(ZhloraError, match="gec_steps: built with 600, asked for 300"):
         demo.check_recipe(work, demo.recipe(args, ASSET_DIR))
+    args.gec_steps = 600
+    other = tmp_path / "other-base"                                # same recipe, another base model
+    other.mkdir()
+    cfg = json.loads((ASSET_DIR / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+    with pytest.raises(ZhloraError, match="base: built with"):
+        demo.check_recipe(work, demo.recipe(args, other))
+    moved = tmp_path / "moved"                                     # the same base elsewhere: still reused
+    moved.mkdir()
+    (moved / "config.json").write_text((ASSET_DIR / "config.json").read_text())
+    demo.check_recipe(work, demo.recipe(args, moved))
     old = tmp_path / "old"
     (old / "runs").mkdir(parents=True)                             # built before recipes were recorded
     with pytest.raises(ZhloraError, match=r"holds outputs \(runs\) with no recipe.json"):
         demo.check_recipe(old, demo.recipe(args, ASSET_DIR))
+    (work / "recipe.json").write_text("{not json")
+    with pytest.raises(ZhloraError, match="recipe.json is not the JSON the demo writes"):
+        demo.check_recipe(work, demo.recipe(args, ASSET_DIR))
 
 
 def test_punct_score_counts_marks():

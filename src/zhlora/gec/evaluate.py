@@ -199,9 +199,8 @@ class EvalConfig:
         """Refuse bad options before the model is loaded."""
         if self.decoding not in ("free", "confusion", "rescore"):
             raise ZhloraError(f"unknown decoding {self.decoding!r}; use free, confusion or rescore")
-        for name in ("batch_size",):
-            if getattr(self, name) < 1:
-                raise ZhloraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ZhloraError(f"--batch-size must be at least 1, got {self.batch_size}")
         for name in ("limit", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ZhloraError(f"--{name.replace('_', '-')} must be 0 (all / automatic) or more, "
