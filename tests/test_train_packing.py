@@ -132,20 +132,32 @@ def test_segment_bounds_from_restarted_positions():
     assert segment_bounds(pos) == [[(0, 3), (3, 5), (5, 9)], [(0, 6), (6, 9)]]
 
 
-def test_training_with_segments_equals_training_with_the_mask(tiny_llama, tmp_path):
+def test_training_with_segments_equals_training_with_the_mask(tiny_llama, tmp_path, monkeypatch):
     """Three packed steps (segments with gradient checkpointing, an eval split) give the same
-    training and eval loss either way."""
+    training and eval loss either way, and the segments run really attends per sample."""
+    from zhlora.train import packed_attention as pa_mod
     from zhlora.train.config import load_config
     from zhlora.train.sft import train
 
+    calls = {"n": 0}
+    real = pa_mod.packed_sdpa_forward
+
+    def counting(*a, **kw):          # the real function, counted
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pa_mod, "packed_sdpa_forward", counting)
     data = ROOT / "examples" / "data" / "zh_instruct_sample.jsonl"
-    out = {}
+    out, used = {}, {}
     for pa, gc in (("segments", "true"), ("mask", "false")):
+        before = calls["n"]
         res = train(load_config(None, [f"model={tiny_llama}", f"data={data}", f"output_dir={tmp_path / pa}",
                                        "max_steps=3", "save_steps=0", "report_to=none", "packing=true",
                                        f"packed_attention={pa}", f"gradient_checkpointing={gc}", "batch_size=2",
                                        "cutoff_len=256", "eval_ratio=0.2", "learning_rate=1e-2"]))
         out[pa] = (res.metrics["train_loss"], res.metrics["eval_loss"])
+        used[pa] = calls["n"] - before
+    assert used["segments"] > 0 and used["mask"] == 0, used
     assert out["segments"] == pytest.approx(out["mask"], abs=1e-5)
 
 
