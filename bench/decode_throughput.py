@@ -70,7 +70,7 @@ def rates(fn, cpu_clock=time.process_time) -> tuple[float, float]:
 
 
 def one_by_one(engine, adapter, opts, prompts) -> int:
-    from zhlora.data.conversation import Conversation
+    from zhlora.conversation import Conversation
 
     for p in prompts:
         engine.generate([Conversation.from_pairs([(p, None)])], adapter, opts, batch_size=1)

@@ -7,7 +7,7 @@ sentences. The dev set: `--dev-pairs` synthetic pairs (`gec synth`, the demo's m
 test set's density: error rate 0.03, keep ratio 0.4, seed 11) made from *training* sentences
 that are not among the GEC training sentences, so no test set is used for a choice. One run:
 synthesize `--pairs` training pairs from the demo's GEC training sentences with the given
-density, train the demo's LoRA recipe (`zhlora.demo.train_lora`) for `--steps`, and score the
+density, train the demo's LoRA recipe (`zhlora.embedded.demo.train_lora`) for `--steps`, and score the
 greedy confusion decoder (the adapter's own judgement) at each of `--margins`: ChERRANT
 F0.5 and pycorrector's sentence-level F1. Results go to `--out` (one folder per recipe) and
 are printed as table rows. The numbers in docs/demo.md came from this procedure with 600 steps
@@ -40,9 +40,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from zhlora.cli import main as zhlora
-    from zhlora.demo import SYNTH_MIX, pick_sentences, train_lora
+    from zhlora.embedded.corpus import pick_sentences
+    from zhlora.embedded.demo import SYNTH_MIX, train_lora
     from zhlora.gec.evaluate import EvalConfig, run_eval
-    from zhlora.pretrain import ASSET_DIR
+    from zhlora.models.embedded import EMBEDDED_BASE_DIR
 
     work, out = Path(a.workdir), Path(a.out)
     gec_clean = work / "data" / "gec_train_clean.txt"
@@ -75,12 +76,12 @@ def main() -> None:
                                      "--substitute", a.substitute]) != 0:
         raise SystemExit("gec synth failed for the training pairs")
     t0 = time.time()
-    adapter = train_lora(ASSET_DIR, data, run / "lora", a.steps)
+    adapter = train_lora(EMBEDDED_BASE_DIR, data, run / "lora", a.steps)
     rows = {"train_seconds": round(time.time() - t0, 1)}
     for m in [float(x) for x in a.margins.split(",") if x.strip()]:
         ev = run / f"dev-confusion-m{m:g}"
         if not (ev / "metrics.json").exists():
-            run_eval(EvalConfig(data=str(dev), format="para", output=str(ev), model=str(ASSET_DIR),
+            run_eval(EvalConfig(data=str(dev), format="para", output=str(ev), model=str(EMBEDDED_BASE_DIR),
                                 adapter=str(adapter), batch_size=16, decoding="confusion", margin=m, overwrite=True))
         mt = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
         rows[f"m{m:g}"] = {"f05": mt["cherrant"]["f05"], "sentence_f1": round(float(mt["sighan"]["f1"]), 4)}

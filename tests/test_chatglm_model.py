@@ -169,7 +169,7 @@ def test_chatglm_model_ptuning_v2_cache_matches_full_forward(base, projection):
 def test_chatglm_model_tiny_glm4_folder_chat_roundtrip(tmp_path):
     """A GLM-4 folder in the original chatglm format: tokenizer + glm4 template + rope_ratio."""
     pytest.importorskip("tiktoken")
-    from zhlora.data.conversation import Conversation
+    from zhlora.conversation import Conversation
     from zhlora.families import family_of
     from zhlora.models.chatglm.tiny import make_tiny_chatglm
     from zhlora.models.loading import load_model, load_tokenizer

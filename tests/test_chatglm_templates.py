@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import zhlora  # noqa: F401
-from zhlora.data.conversation import Conversation
+from zhlora.conversation import Conversation
 from zhlora.families import family_for_config
 from zhlora.models.chatglm import ChatGLM2Tokenizer, ChatGLM4Tokenizer, ChatGLM6BTokenizer
 from zhlora.templates import get_template

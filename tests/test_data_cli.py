@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from zhlora.cli import main
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.data.readers import read_conversations
 from zhlora.data.stats import length_histogram, token_stats, turn_histogram
 from zhlora.models.loading import load_tokenizer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.data.readers import classify, read_conversations, read_file
 
 ROOT = Path(__file__).resolve().parents[1]

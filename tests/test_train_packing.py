@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zhlora.data import Conversation
+from zhlora.conversation import Conversation
 from zhlora.models.loading import load_model, load_tokenizer
 from zhlora.templates import get_template
 from zhlora.train.dataset import Collator, encode_all, pack_rows, single_rows

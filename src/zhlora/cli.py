@@ -18,8 +18,7 @@ COMMAND_MODULES = [
     "zhlora.merge.cli",      # merge / verify / export
     "zhlora.infer.cli",      # chat / predict / serve / webui
     "zhlora.gec.cli",        # gec synth / score / sighan / eval / convert
-    "zhlora.demo",           # demo
-    "zhlora.pretrain",       # pretrain (the embedded tiny base)
+    "zhlora.embedded.cli",   # demo / pretrain (the embedded tiny base)
 ]
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.errors import ZhloraError
 
 IGNORE_INDEX = -100

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain, islice
 
-from zhlora.data.conversation import ROLES, Conversation, Message
+from zhlora.conversation import ROLES, Conversation, Message
 from zhlora.data.sources import RawRecord, iter_records
 from zhlora.errors import DataError, ZhloraError
 

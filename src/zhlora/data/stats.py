@@ -5,7 +5,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from zhlora.data.conversation import Conversation
+from zhlora.conversation import Conversation
 from zhlora.templates import IGNORE_INDEX
 
 

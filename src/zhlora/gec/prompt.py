@@ -7,7 +7,7 @@ evaluated with the prompt it was trained on.
 """
 from __future__ import annotations
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 
 GEC_INSTRUCTION = ("请改正下面句子中的错别字和语法错误，只输出改正后的句子；"
                    "如果句子没有错误，请原样输出。")

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.errors import ZhloraError
 from zhlora.infer.engine import Engine
 

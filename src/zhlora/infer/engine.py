@@ -40,7 +40,7 @@ from typing import Iterator
 
 import torch
 
-from zhlora.data.conversation import Conversation
+from zhlora.conversation import Conversation
 from zhlora.errors import ZhloraError
 from zhlora.infer.streaming import Completion, StopRules, TokenStream, generation_criteria
 

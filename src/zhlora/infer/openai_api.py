@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.infer.engine import GenerationOptions
 
 MAX_N = 8

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.errors import ZhloraError
 
 

@@ -1,7 +1,7 @@
 """`zhlora webui`: a small gradio chat page over an `Engine` (optional extra `webui`)."""
 from __future__ import annotations
 
-from zhlora.data.conversation import Conversation, Message
+from zhlora.conversation import Conversation, Message
 from zhlora.errors import ZhloraError
 from zhlora.infer.engine import Engine
 

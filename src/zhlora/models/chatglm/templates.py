@@ -16,7 +16,7 @@ import dataclasses
 
 from dataclasses import dataclass
 
-from zhlora.data.conversation import Conversation
+from zhlora.conversation import Conversation
 from zhlora.errors import ZhloraError
 from zhlora.templates import IGNORE_INDEX, ChatTemplate, Encoded, Tok, get_template, register_template
 

