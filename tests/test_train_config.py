@@ -51,3 +51,67 @@ def test_bad_values_are_explained(tmp_path):
         load_config(str(bad))
     with pytest.raises(ConfigError, match="`model` is required"):
         load_config(None, ["data=x"]).validate()
+
+
+def test_types_come_from_the_annotations():
+    cfg = load_config(None, ["model=m", "data=d.jsonl", "learning_rate=3e-4", "lora_alpha=32", "eval_steps=7",
+                             "max_samples=null", "template=chatml"])
+    assert cfg.learning_rate == 3e-4 and isinstance(cfg.lora_alpha, float) and cfg.eval_steps == 7
+    assert cfg.max_samples is None and cfg.template == "chatml"
+    for bad, msg in (("eval_steps=soon", "`eval_steps` must be an integer"), ("template=3", "`template` must be a string"),
+                     ("use_rslora=1", "`use_rslora` must be true or false"), ("epochs=many", "`epochs` must be a number"),
+                     ("data=[1, 2]", "`data` must be a path or a list of paths")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, ["model=m", "data=d.jsonl", bad])
+
+
+def test_load_config_validates_the_whole_recipe():
+    with pytest.raises(ConfigError, match="`lora_r` must be >= 1.*\n.*warmup_ratio"):
+        load_config(None, ["model=m", "data=d.jsonl", "lora_r=0", "warmup_ratio=2"])
+
+
+def test_lora_settings_are_one_typed_group():
+    from zhlora.train.config import LoraSettings
+
+    cfg = load_config(None, ["model=m", "data=d.jsonl", "lora_r=4", "lora_alpha=8", "lora_dropout=0",
+                             "lora_target=all", "modules_to_save=embed_tokens,lm_head", "use_rslora=true"])
+    assert cfg.lora == LoraSettings(r=4, alpha=8.0, dropout=0.0, target="all",
+                                    modules_to_save=("embed_tokens", "lm_head"), use_rslora=True)
+
+
+def test_peft_config_is_built_in_one_place(tiny_llama):
+    """make_tiny_adapter and training build their LoraConfig through train.lora."""
+    from transformers import AutoModelForCausalLM
+
+    from zhlora.families import family_of
+    from zhlora.train.lora import lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    cfg = load_config(None, [f"model={tiny_llama}", "data=d.jsonl", "lora_r=4", "lora_target=q_proj,v_proj",
+                             "modules_to_save=lm_head"])
+    lc = lora_config(family_of(tiny_llama), model, cfg.lora, ("embed_tokens", "lm_head"))
+    assert lc.r == 4 and set(lc.target_modules) == {"q_proj", "v_proj"}
+    assert lc.modules_to_save == ["lm_head", "embed_tokens"] and lc.task_type == "CAUSAL_LM"
+    with pytest.raises(Exception, match="lora_target \\['nope'\\] not found"):
+        lora_config(family_of(tiny_llama), model, load_config(None, ["model=m", "data=d", "lora_target=nope"]).lora)
+
+
+@pytest.mark.parametrize("ratio,warm", [(1.0, 6), (0.5, 3), (0.1, 1), (0.0, 0)])
+def test_warmup_ratio_means_a_share_of_the_steps_for_every_value(tiny_llama, tmp_path, ratio, warm):
+    """transformers 5 reads warmup_steps=1.0 as one step; warmup_ratio=1.0 must warm up all 6."""
+    import json as _json
+
+    from zhlora.train.sft import train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(_json.dumps({"instruction": f"问题{i}", "output": "回答"}, ensure_ascii=False) + "\n"
+                            for i in range(8)), encoding="utf-8")
+    res = train(load_config(None, [f"model={tiny_llama}", f"data={data}", f"output_dir={tmp_path / 'o'}",
+                                   "max_steps=6", "batch_size=2", f"warmup_ratio={ratio}", "lr_scheduler=linear",
+                                   "logging_steps=1", "save_steps=0", "report_to=none", "learning_rate=1e-3"]))
+    lrs = [r["learning_rate"] for r in map(_json.loads, (res.output / "train_log.jsonl").read_text().splitlines())
+           if "learning_rate" in r]
+    assert len(lrs) == 6
+    rising = [b > a for a, b in zip(lrs, lrs[1:])]
+    # during warmup the LR rises each step; after it, the linear schedule decays
+    assert rising == [i < warm for i in range(5)], (ratio, lrs)

@@ -1,11 +1,17 @@
-"""Training recipe: a flat typed dataclass, loaded from YAML with `key=value` overrides.
+"""Training recipe: a typed dataclass, loaded from YAML with `key=value` overrides.
 
     zhlora train examples/tiny_llama_lora.yaml max_steps=50 learning_rate=3e-4
+
+The recipe keys are flat (`lora_r`, `lora_alpha`, ...); code that owns one concern takes its
+group as a small typed object (`cfg.lora` -> `LoraSettings`). Values are coerced and checked
+against the field annotations, and the whole recipe is validated, in `load_config`.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,17 @@ from typing import Any
 import yaml
 
 from zhlora.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA part of a recipe, in PEFT's terms (`LoraConfig` is built from it in train/lora.py)."""
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target: Any = None                    # preset name of the family, comma list, or list
+    modules_to_save: tuple[str, ...] = ()  # trained whole, e.g. (embed_tokens, lm_head)
+    use_rslora: bool = False
 
 
 @dataclass
@@ -62,7 +79,7 @@ class TrainConfig:
     overwrite: bool = False               # replace an existing output_dir
     allow_bin: bool = False               # allow pickled .bin base weights (weights_only load)
     deepspeed: str | None = None          # path to a DeepSpeed JSON config
-    report_to: str = "tensorboard"        # tensorboard | none
+    report_to: str | None = "tensorboard"  # tensorboard | none
     max_new_tokens: int = 256             # generation default stored in the adapter metadata
 
     def __post_init__(self):
@@ -73,6 +90,12 @@ class TrainConfig:
         if isinstance(self.modules_to_save, str):
             self.modules_to_save = [s.strip() for s in self.modules_to_save.split(",") if s.strip()]
 
+    @property
+    def lora(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                            target=self.lora_target, modules_to_save=tuple(self.modules_to_save or ()),
+                            use_rslora=self.use_rslora)
+
     def validate(self) -> None:
         problems = []
         if not self.model:
@@ -82,6 +105,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "cutoff_len", "lora_r"):
             if getattr(self, name) < 1:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            problems.append(f"`warmup_ratio` is the share of the steps that warm up, in [0, 1]; got {self.warmup_ratio}")
         if not 0 <= self.eval_ratio < 1:
             problems.append(f"`eval_ratio` must be in [0, 1), got {self.eval_ratio}")
         if self.packed_attention not in ("segments", "mask"):
@@ -151,6 +176,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
     except TypeError as e:
         raise ConfigError(f"bad recipe values: {e}") from None
     _coerce_types(cfg)
+    cfg.validate()
     return cfg
 
 
@@ -170,20 +196,35 @@ def _resolve_paths(values: dict, base: Path) -> dict:
 
 
 def _coerce_types(cfg: TrainConfig) -> None:
-    """YAML gives ints for floats etc.; convert and explain wrong types."""
-    for name in ("learning_rate", "epochs", "lora_alpha", "lora_dropout", "eval_ratio",
-                 "warmup_ratio", "weight_decay", "max_grad_norm"):
-        v = getattr(cfg, name)
+    """YAML gives ints for floats and strings for `3e-4`; convert those, explain wrong types.
+    What each key takes is read from TrainConfig's annotations."""
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        setattr(cfg, name, _coerce(name, getattr(cfg, name), hint))
+
+
+_WANT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """`value` as the annotation `hint` asks: float, int, bool, str, list[str], X | None, Any."""
+    if hint is Any:
+        return value
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"`{name}` must be a path or a list of paths, got {value!r}")
+        return value
+    if hint is float and not isinstance(value, bool):
         try:
-            setattr(cfg, name, float(v))
+            return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"`{name}` must be a number, got {v!r}") from None
-    for name in ("cutoff_len", "batch_size", "grad_accum", "max_steps", "lora_r", "save_steps",
-                 "seed", "logging_steps", "save_total_limit", "max_new_tokens"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"`{name}` must be an integer, got {v!r}")
-    for name in ("packing", "resume", "overwrite", "skip_bad", "group_by_length",
-                 "gradient_checkpointing", "use_rslora", "allow_bin", "keep_checkpoints"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ConfigError(f"`{name}` must be true or false, got {getattr(cfg, name)!r}")
+            pass
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (bool, str) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"`{name}` must be {_WANT[hint]}, got {value!r}")

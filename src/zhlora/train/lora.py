@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from zhlora.errors import ZhloraError
 from zhlora.families import Family
+from zhlora.train.config import LoraSettings
 
 
 def resize_for_tokenizer(model, tokenizer) -> dict | None:
@@ -17,13 +18,12 @@ def resize_for_tokenizer(model, tokenizer) -> dict | None:
     return {"from": old, "to": new}
 
 
-def lora_config(family: Family, model, r: int, alpha: float, dropout: float, target,
-                modules_to_save=None, use_rslora: bool = False):
-    from peft import LoraConfig, TaskType
-
+def lora_config(family: Family, model, settings: LoraSettings, modules_to_save=()):
+    """PEFT's LoraConfig for `model`: the family's preset (or the listed modules), checked to
+    exist in the model, plus `modules_to_save` (the settings' and any added here)."""
     import torch
 
-    targets = family.lora_targets(target)
+    targets = family.lora_targets(settings.target)
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     linear = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = [t for t in targets if t not in names]
@@ -32,9 +32,17 @@ def lora_config(family: Family, model, r: int, alpha: float, dropout: float, tar
             f"lora_target {missing} not found in the {family.name} model; its linear layers are "
             f"{', '.join(sorted(linear))}; presets: "
             + ", ".join(f"{k} = {','.join(v)}" for k, v in family.lora_presets.items()))
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=targets, modules_to_save=list(modules_to_save or []) or None,
-                      use_rslora=use_rslora, bias="none")
+    return peft_config(settings, targets, modules_to_save)
+
+
+def peft_config(settings: LoraSettings, targets, modules_to_save=()):
+    """The one place a `peft.LoraConfig` is built (causal LM, no bias)."""
+    from peft import LoraConfig, TaskType
+
+    save = list(dict.fromkeys([*settings.modules_to_save, *modules_to_save]))
+    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha,
+                      lora_dropout=settings.dropout, target_modules=list(targets),
+                      modules_to_save=save or None, use_rslora=settings.use_rslora, bias="none")
 
 
 def apply_lora(model, config, gradient_checkpointing: bool = False):

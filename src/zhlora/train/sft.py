@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -133,16 +134,14 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
     model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
     resized = resize_for_tokenizer(model, tokenizer)
-    modules_to_save = list(cfg.modules_to_save or [])
+    lora, grown = cfg.lora, ()
     if resized:
-        extra = [m for m in family.embedding_modules if m not in modules_to_save]
-        modules_to_save += extra
+        grown = tuple(m for m in family.embedding_modules if m not in lora.modules_to_save)
         say(f"vocabulary: tokenizer has {resized['to']} tokens, model {resized['from']}: resized the "
-            f"embeddings and training {', '.join(modules_to_save)} whole (PEFT modules_to_save)")
-    lcfg = lora_config(family, model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target,
-                       modules_to_save, cfg.use_rslora)
+            f"embeddings and training {', '.join([*lora.modules_to_save, *grown])} whole (PEFT modules_to_save)")
+    lcfg = lora_config(family, model, lora, grown)
     model = apply_lora(model, lcfg, cfg.gradient_checkpointing)
-    say(f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {sorted(lcfg.target_modules)}: "
+    say(f"LoRA r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
 
@@ -170,7 +169,7 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         output_dir=str(plan.partial), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=max(cfg.save_steps, 1),
         save_total_limit=cfg.save_total_limit,
@@ -215,15 +214,27 @@ def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
                            block_mask=not uses_segments(cfg, model))
     args = training_arguments(cfg, plan, bool(eval_rows))
-    return Trainer(model=model, args=args, data_collator=collator,
-                   train_dataset=ds.RowDataset(train_rows),
-                   eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
-                   callbacks=callbacks or [])
+    trainer = Trainer(model=model, args=args, data_collator=collator,
+                      train_dataset=ds.RowDataset(train_rows),
+                      eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
+                      callbacks=callbacks or [])
+    # transformers reads a warmup_steps float below 1 as a ratio and from 1 up as a step count
+    # (warmup_ratio=1.0 would be one step), so the ratio becomes steps here, for every value
+    trainer.args.warmup_steps = warmup_steps(cfg, len(trainer.get_train_dataloader()))
+    return trainer
+
+
+def warmup_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """`warmup_ratio` of the run's optimizer steps, rounded up, counted as the Trainer counts
+    them (max_steps, else epochs x ceil(batches / grad_accum))."""
+    total = cfg.max_steps
+    if total <= 0:
+        total = math.ceil(cfg.epochs * max(1, math.ceil(batches_per_epoch / cfg.grad_accum)))
+    return math.ceil(cfg.warmup_ratio * total)
 
 
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Run LoRA SFT for a recipe; returns the finished adapter folder, model and metrics."""
-    cfg.validate()
     started = time.time()
     plan = plan_output(cfg)
     model_cfg = read_config(cfg.model)
