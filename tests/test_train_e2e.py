@@ -151,3 +151,22 @@ def test_bad_data_stops_before_training(tiny_llama, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert main(args + ["skip_bad=true", "max_steps=2", "report_to=none"]) == 0
     assert "skipped 2" in capsys.readouterr().out
+
+
+def test_a_plain_run_prints_no_noise_a_user_cannot_act_on(tiny_llama, data64, tmp_path):
+    """DeepSpeed's accelerator notice (it is installed, though not asked for), PEFT's
+    gradient-checkpointing FutureWarning and a data-reading bar stuck at 0% stay out."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    run = subprocess.run([sys.executable, "-m", "zhlora", "train", str(RECIPE), f"model={tiny_llama}",
+                          f"data={data64}", f"output_dir={tmp_path / 'o'}", "max_steps=1", "report_to=none",
+                          "gradient_checkpointing=true"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    text = run.stdout + run.stderr
+    assert "done:" in text
+    for noise in ("Setting accelerator to CPU", "is_gradient_checkpointing", "gradient_checkpointing_enable",
+                  f"reading {data64.name}"):
+        assert noise not in text, noise

@@ -10,22 +10,16 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from pathlib import Path
 
 __version__ = "0.1.0"
-
-_HAS_CHATGLM = (Path(__file__).parent / "models" / "chatglm" / "__init__.py").is_file()
 
 
 def register_native_models() -> None:
     """Register the native ChatGLM family: transformers Auto classes, zhlora's family and
-    template registries. Idempotent; the family/template lookups call it on a miss, so a
-    lookup that runs before transformers is imported still finds ChatGLM."""
-    if _HAS_CHATGLM:
-        from zhlora.models import chatglm  # noqa: F401  (registers with AutoConfig/AutoModel/...)
+    template registries (`families.NATIVE_MODULES`). Idempotent."""
+    from zhlora.families import load_native_modules
 
-
-_register_native_models = register_native_models
+    load_native_modules()
 
 
 class _AfterTransformersImport(importlib.abc.MetaPathFinder):
@@ -42,13 +36,13 @@ class _AfterTransformersImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run_module(module)
-            _register_native_models()
+            register_native_models()
 
         spec.loader.exec_module = exec_module
         return spec
 
 
 if "transformers" in sys.modules:
-    _register_native_models()
+    register_native_models()
 elif not any(isinstance(f, _AfterTransformersImport) for f in sys.meta_path):
     sys.meta_path.insert(0, _AfterTransformersImport())

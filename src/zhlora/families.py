@@ -7,8 +7,10 @@ this registry instead of branching on the model type.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,18 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {}
+
+# zhlora's own model packages: importing one registers its families and templates here, and
+# its classes with transformers' Auto classes. `import zhlora` loads them once transformers is
+# imported; a registry lookup that misses loads them itself.
+NATIVE_MODULES = ("zhlora.models.chatglm",)
+
+
+def load_native_modules() -> None:
+    """Import the native model packages that are installed (idempotent)."""
+    for name in NATIVE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
 
 
 def register_family(f: Family) -> Family:
@@ -87,9 +101,7 @@ def read_config(model_dir: str | Path) -> dict:
 def family_for_config(config: dict, where: str = "") -> Family:
     mt = config.get("model_type")
     if not any(mt in f.model_types for f in FAMILIES.values()):
-        import zhlora
-
-        zhlora.register_native_models()  # native families register lazily (see zhlora/__init__)
+        load_native_modules()
     cands = [f for f in FAMILIES.values() if mt in f.model_types]
     for f in cands:
         if f.matches is None or f.matches(config):

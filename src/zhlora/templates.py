@@ -13,8 +13,7 @@ never cut.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 from zhlora.conversation import Conversation, Message
 from zhlora.errors import ZhloraError
@@ -247,9 +246,9 @@ def register_template(t: ChatTemplate) -> ChatTemplate:
 
 def get_template(name: str) -> ChatTemplate:
     if name not in TEMPLATES:
-        import zhlora
+        from zhlora.families import load_native_modules
 
-        zhlora.register_native_models()  # the ChatGLM templates register lazily
+        load_native_modules()  # the ChatGLM templates register with their package
     try:
         return TEMPLATES[name]
     except KeyError:
@@ -306,10 +305,5 @@ register_template(ChatTemplate(
     description="GLM-4 (transformers' native glm4): [gMASK]<sop><|user|>\\nq<|assistant|>\\na<|user|>..."))
 
 
-def templates_table() -> list[tuple[str, str]]:
-    return [(n, t.description) for n, t in sorted(TEMPLATES.items())]
-
-
-Renderer = Callable[[Conversation, object], Encoded]
 __all__ = ["ChatTemplate", "Tok", "BOS", "EOS", "Encoded", "IGNORE_INDEX", "TEMPLATES",
            "register_template", "get_template", "Message"]

@@ -39,10 +39,6 @@ class BaseCheckpoint:
     files: list[Path]
     tensors: dict[str, TensorInfo]  # in file order, then key order
 
-    @property
-    def largest_file_bytes(self) -> int:
-        return max(f.stat().st_size for f in self.files)
-
     def float_dtype(self) -> torch.dtype:
         """The dtype the base is stored in: config `dtype`/`torch_dtype`, else the most bytes."""
         for key in ("dtype", "torch_dtype"):

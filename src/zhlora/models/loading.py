@@ -54,7 +54,6 @@ def check_weights_allowed(model_dir: str | Path, allow_bin: bool) -> None:
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    import zhlora  # noqa: F401  (registers zhlora's native tokenizer classes)
     try:
         tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
@@ -90,7 +89,6 @@ def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", devic
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    import zhlora  # noqa: F401  (registers the native ChatGLM family)
     read_config(path)  # clear error for a wrong folder
     check_weights_allowed(path, allow_bin)
     td = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)

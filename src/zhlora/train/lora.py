@@ -46,13 +46,20 @@ def peft_config(settings: LoraSettings, targets, modules_to_save=()):
 
 
 def apply_lora(model, config, gradient_checkpointing: bool = False):
+    import warnings
+
     from peft import get_peft_model
 
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-        model.config.use_cache = False
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # transformers 5 renamed gradient checkpointing to activation checkpointing; PEFT and the
+        # calls below still use the old names, which warn on every run (nothing a user can change)
+        warnings.filterwarnings("ignore", message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable)"
+                                r".* is deprecated", category=FutureWarning)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+            model.config.use_cache = False
+        return get_peft_model(model, config)
 
 
 def trainable_summary(model) -> str:

@@ -85,8 +85,9 @@ def load_data(cfg: TrainConfig):
     """-> (conversations, summary dict)."""
     from zhlora.data.readers import read_conversations
 
+    # progress=None: a bar for big files only (a small file's bar would sit at 0% and vanish)
     res = read_conversations(cfg.data, format=cfg.format, skip_bad=cfg.skip_bad,
-                             progress=is_main_process())
+                             progress=None if is_main_process() else False)
     convs = res.conversations
     if cfg.max_samples:
         convs = convs[: cfg.max_samples]
@@ -183,6 +184,14 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     )
 
 
+def quiet_deepspeed_on_cpu() -> None:
+    """Without a GPU, tell DeepSpeed so: transformers imports it whenever it is installed, and
+    its accelerator detection then warns "Setting accelerator to CPU" on every run, with or
+    without a `deepspeed` key. An explicit DS_ACCELERATOR is kept."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def _importable(module: str) -> bool:
     """Installed? Found without importing it (deepspeed's import alone takes seconds)."""
     import importlib.util
@@ -236,6 +245,7 @@ def warmup_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Run LoRA SFT for a recipe; returns the finished adapter folder, model and metrics."""
     started = time.time()
+    quiet_deepspeed_on_cpu()
     plan = plan_output(cfg)
     model_cfg = read_config(cfg.model)
     family = family_for_config(model_cfg, cfg.model)

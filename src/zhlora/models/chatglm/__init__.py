@@ -46,7 +46,8 @@ class ChatGLMForConditionalGeneration:
 AutoConfig.register("chatglm", ChatGLMConfig, exist_ok=True)
 AutoModel.register(ChatGLMConfig, ChatGLMForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(ChatGLMConfig, ChatGLMForConditionalGeneration, exist_ok=True)
-AutoTokenizer.register(ChatGLMConfig, slow_tokenizer_class=ChatGLMTokenizer, exist_ok=True)
+# Both names resolve (what THUDM's tokenizer_config.json files ask for); the one registered
+# last is also the class for a chatglm folder whose tokenizer_config names none.
 AutoTokenizer.register(ChatGLMConfig, slow_tokenizer_class=ChatGLM4Tokenizer, exist_ok=True)
 AutoTokenizer.register(ChatGLMConfig, slow_tokenizer_class=ChatGLMTokenizer, exist_ok=True)
 
@@ -54,4 +55,4 @@ from zhlora.models.chatglm import family, templates  # noqa: E402,F401  (registr
 
 __all__ = ["ChatGLMConfig", "GLMSpec", "glm_spec", "ChatGLMForConditionalGeneration",
            "ChatGLM6BForConditionalGeneration", "ChatGLM2ForConditionalGeneration",
-           "ChatGLMTokenizer", "ChatGLM4Tokenizer"]
+           "ChatGLMTokenizer", "ChatGLM6BTokenizer", "ChatGLM2Tokenizer", "ChatGLM4Tokenizer"]

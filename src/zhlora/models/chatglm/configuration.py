@@ -28,10 +28,6 @@ class ChatGLMConfig(PreTrainedConfig):
     attribute_map = {"num_hidden_layers": "num_layers"}
     keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
-    @property
-    def glm_version(self) -> int:
-        return glm_spec(self).version
-
 
 @dataclass(frozen=True)
 class GLMSpec:
