@@ -197,3 +197,24 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path, capsys, argv, msg)
     assert main(["demo", *workdir, *argv]) == 2
     assert msg in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
+
+
+def test_the_shipped_tiny_gec_recipe_has_the_demo_adapter_settings():
+    """examples/gec/tiny_cpu.yaml says it is the demo's recipe: every LORA_SETTINGS key agrees."""
+    from pathlib import Path
+
+    from zhlora.train.config import load_config
+
+    recipe = Path(__file__).resolve().parents[1] / "examples" / "gec" / "tiny_cpu.yaml"
+    shipped = load_config(str(recipe))
+    demo_cfg = load_config(None, [f"model={shipped.model}", "data=x.jsonl", *demo.LORA_SETTINGS])
+    keys = [item.split("=", 1)[0] for item in demo.LORA_SETTINGS]
+    assert {k: getattr(shipped, k) for k in keys} == {k: getattr(demo_cfg, k) for k in keys}
+
+
+def test_the_demo_drives_the_library_not_the_command_line():
+    """Its stages call library functions and raise ZhloraError: no cli.main, no SystemExit."""
+    import inspect
+
+    src = inspect.getsource(demo)
+    assert "zhlora.cli" not in src and "SystemExit" not in src

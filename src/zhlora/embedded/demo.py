@@ -30,8 +30,8 @@ SYNTH_MIX = "char_pinyin=6,char_glyph=2,word_substitute=1"
 # Error density: the test set keeps synth's default rate (3% of characters start an edit, 40% of
 # sentences unchanged); the adapter trains on dense errors (25%, 5% unchanged, up to 10 edits), which
 # gives it ~8x more corrections per step: dev F0.5 of its greedy decoder 0.467 -> 0.657 (docs/demo.md).
-SYNTH_DENSITY = {"gec_train": ("--error-rate", "0.25", "--keep-ratio", "0.05", "--max-edits", "10"),
-                 "gec_test": ("--keep-ratio", "0.4")}
+SYNTH_DENSITY = {"gec_train": {"error_rate": 0.25, "keep_ratio": 0.05, "max_edits": 10},
+                 "gec_test": {"keep_ratio": 0.4}}
 STAGES = 7
 
 
@@ -53,7 +53,8 @@ def corpus(work: Path) -> dict[str, Path]:
 
 
 def synth(work: Path, files: dict[str, Path], n_train: int, n_test: int) -> dict[str, Path]:
-    from zhlora.cli import main as zhlora
+    """Synthetic GEC pairs (what `zhlora gec synth` writes): dense errors to train on, sparse to test."""
+    from zhlora.gec.synth import SynthConfig, parse_mix, run_synth
 
     d = work / "data"
     d.mkdir(parents=True, exist_ok=True)
@@ -65,11 +66,10 @@ def synth(work: Path, files: dict[str, Path], n_train: int, n_test: int) -> dict
             continue
         clean = d / f"{name}_clean.txt"
         clean.write_text("".join(s + "\n" for s in pick_sentences(src, n, seed)), encoding="utf-8")
-        argv = ["gec", "synth", "--input", str(clean), "--output", str(out[name]), "--format", fmt,
-                "--seed", str(seed), "--mix", SYNTH_MIX, *SYNTH_DENSITY[name], "--overwrite"]
-        print("  $ zhlora " + " ".join(argv))
-        if zhlora(argv) != 0:
-            raise SystemExit(f"gec synth failed for {clean}")
+        cfg = SynthConfig(seed=seed, mix=parse_mix(SYNTH_MIX), **SYNTH_DENSITY[name])
+        stats, _ = run_synth(clean, out[name], cfg, fmt=fmt, overwrite=True)
+        print(f"  {stats.sentences} pairs ({fmt}, {', '.join(f'{k} {v}' for k, v in SYNTH_DENSITY[name].items())})"
+              f" -> {out[name]}")
     return out
 
 
@@ -95,18 +95,23 @@ def train_lora(base: Path, data: Path, out: Path, steps: int) -> Path:
 
 
 def merge(work: Path, base: Path, adapter: Path) -> Path:
-    from zhlora.cli import main as zhlora
+    """`zhlora merge` of the adapter, then `zhlora verify`: merged == base + adapter."""
+    import torch
+
+    from zhlora.merge.merge import merge_adapters
+    from zhlora.merge.verify import verify_merge
 
     out = work / "merged-gec"
     if not reuse(out / "config.json"):
         # fp32 output: the base is stored in fp16, and an fp16 merged copy would round W + BA,
         # which can flip near-tie decisions of the margin decoder against base + adapter
-        argv = ["merge", "--base", str(base), "--adapter", str(adapter), "--output", str(out),
-                "--dtype", "float32", "--no-progress"]
-        if zhlora(argv) != 0:
-            raise SystemExit("merge failed")
-    if zhlora(["verify", "--base", str(base), "--adapter", str(adapter), "--merged", str(out)]) != 0:
-        raise SystemExit("verify failed: the merged model differs from base + adapter")
+        res = merge_adapters(base, [adapter], out, dtype=torch.float32, progress=False)
+        print(f"  merged {res.merged_tensors} of {res.tensors} tensors -> {res.output}")
+    report = verify_merge(base, [adapter], out)
+    print(report.summary())
+    if not report.ok:
+        raise ZhloraError(f"verify: the merged model {out} differs from base + adapter {adapter}; delete {out} "
+                          "and run the demo again")
     return out
 
 
@@ -158,7 +163,7 @@ def recipe(args, base: Path) -> dict:
 
     return {"base": fingerprint(base), "gec_pairs": args.gec_pairs, "gec_steps": args.gec_steps,
             "punct_steps": args.punct_steps, "test_pairs": args.test_pairs, "lora": list(LORA_SETTINGS),
-            "synth_mix": SYNTH_MIX, "synth_density": {k: list(v) for k, v in SYNTH_DENSITY.items()}}
+            "synth_mix": SYNTH_MIX, "synth_density": SYNTH_DENSITY}
 
 
 def check_recipe(work: Path, want: dict) -> None:
