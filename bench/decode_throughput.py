@@ -38,7 +38,8 @@ PROMPTS = ["今天天气很好，我们去公园散步。", "请把这句话翻�
 
 def build(tmp: Path):
     """-> (base dir, {name: adapter dir})."""
-    from zhlora.models.tiny import make_tiny_adapter, make_tiny_model
+    from zhlora.models.tiny import make_tiny_model
+    from zhlora.train.lora import make_tiny_adapter
 
     cjk = "".join(chr(0x4E00 + i) for i in range(5700))
     base = make_tiny_model(tmp / "base", "llama", texts=PROMPTS, hidden=512, layers=8, heads=8, kv_heads=8,

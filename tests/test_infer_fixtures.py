@@ -20,7 +20,7 @@ PROMPTS = ["你好", "今天天气很好，我们去公园散步。", "请把这
 
 def make_adapter(base: Path, out: Path, seed: int, template: str = "alpaca", generation=None) -> Path:
     """A LoRA adapter on q/v with random lora_B (std 0.5) so it visibly changes the output."""
-    from zhlora.models.tiny import make_tiny_adapter
+    from zhlora.train.lora import make_tiny_adapter
 
     return make_tiny_adapter(base, out, seed=seed, template=template, generation=generation)
 

@@ -203,13 +203,3 @@ def cmd_eval(args) -> int:
     print(f"wrote {output}/ (predictions.para, predictions.jsonl, hyp.m2, ref.m2, report.md, "
           "metrics.json)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:  # `python -m zhlora.gec.cli ...`
-    from zhlora.cli import main as zmain
-
-    return zmain(["gec", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

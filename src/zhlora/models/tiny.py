@@ -75,31 +75,3 @@ def make_tiny_model(out_dir: str | Path, family: str = "llama", texts=(), seed: 
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def make_tiny_adapter(base: str | Path, out: str | Path, seed: int = 0, r: int = 4, alpha: float = 8,
-                      targets=("q_proj", "v_proj"), b_std: float = 0.5, template: str = "alpaca",
-                      generation: dict | None = None) -> Path:
-    """A standard PEFT LoRA adapter on `base` with random lora_B (std `b_std`), so it visibly
-    changes the output without training, plus zhlora's metadata. For tests and benchmarks."""
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from zhlora.families import family_of, fingerprint
-    from zhlora.runinfo import write_adapter_meta
-    from zhlora.train.config import LoraSettings
-    from zhlora.train.lora import peft_config
-
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    torch.manual_seed(seed)
-    peft = get_peft_model(model, peft_config(LoraSettings(r=r, alpha=alpha, dropout=0.0), targets))
-    for name, p in peft.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=b_std)
-    peft.save_pretrained(str(out))
-    meta = {"base_model": str(base), "base_fingerprint": fingerprint(base), "family": family_of(base).name,
-            "template": template}
-    if generation:
-        meta["generation"] = generation
-    write_adapter_meta(out, meta)
-    return Path(out)

@@ -1,6 +1,8 @@
 """LoRA through PEFT (thin wrappers: PEFT's API churn hits only this file)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from zhlora.errors import ZhloraError
 from zhlora.families import Family
 from zhlora.train.config import LoraSettings
@@ -66,3 +68,30 @@ def trainable_summary(model) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"trainable params {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def make_tiny_adapter(base: str | Path, out: str | Path, seed: int = 0, r: int = 4, alpha: float = 8,
+                      targets=("q_proj", "v_proj"), b_std: float = 0.5, template: str = "alpaca",
+                      generation: dict | None = None) -> Path:
+    """A standard PEFT LoRA adapter on `base` with random lora_B (std `b_std`), so it visibly
+    changes the output without training, plus zhlora's metadata. For tests and benchmarks."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from zhlora.families import family_of, fingerprint
+    from zhlora.runinfo import write_adapter_meta
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    torch.manual_seed(seed)
+    peft = get_peft_model(model, peft_config(LoraSettings(r=r, alpha=alpha, dropout=0.0), targets))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=b_std)
+    peft.save_pretrained(str(out))
+    meta = {"base_model": str(base), "base_fingerprint": fingerprint(base), "family": family_of(base).name,
+            "template": template}
+    if generation:
+        meta["generation"] = generation
+    write_adapter_meta(out, meta)
+    return Path(out)
