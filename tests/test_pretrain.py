@@ -89,3 +89,26 @@ def test_pretrain_refuses_bad_settings_before_reading_the_corpus(tmp_path, kw, m
     with pytest.raises(ZhloraError, match=msg):
         pretrain(PretrainConfig(output=str(tmp_path / "out"), **kw))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_task_instruction_comes_in_as_data():
+    """Pretraining knows no task: the GEC instruction reaches it only through the config (the
+    `zhlora pretrain` CLI passes it), always with the sentence unchanged."""
+    import random
+
+    from zhlora.embedded import cli
+    from zhlora.embedded.pretrain import COPY_INSTRUCTIONS, FIRST_CLAUSE, instruction_pair
+    from zhlora.gec.prompt import GEC_INSTRUCTION
+
+    sent = "今天天气很好，我们去公园玩。"
+    plain = {instruction_pair(sent, random.Random(i), PretrainConfig())[0] for i in range(200)}
+    assert plain <= {*COPY_INSTRUCTIONS, FIRST_CLAUSE}
+    task = [instruction_pair(sent, random.Random(i), PretrainConfig(task_instruction="改错。")) for i in range(200)]
+    assert 30 < sum(t[0] == "改错。" for t in task) < 90 and all(t[2] == sent for t in task if t[0] == "改错。")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    cli.register_pretrain(parser.add_subparsers())
+    assert parser.parse_args(["pretrain"]).task_instruction == GEC_INSTRUCTION
+    import zhlora.embedded.pretrain as pre
+    assert "zhlora.gec" not in open(pre.__file__, encoding="utf-8").read()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from zhlora.embedded.pretrain import PretrainConfig
+from zhlora.gec.prompt import GEC_INSTRUCTION
 
 
 def register(sub) -> None:
@@ -43,8 +44,11 @@ def register_pretrain(sub) -> None:
     for name in ("hidden", "layers", "heads", "seq_len", "batch_size", "steps", "limit_paragraphs",
                  "seed", "log_every", "warmup", "threads"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
-    for name in ("lr", "max_minutes", "instruct_share", "gec_copy_share", "weight_decay"):
+    for name in ("lr", "max_minutes", "instruct_share", "task_copy_share", "weight_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--task-instruction", default=GEC_INSTRUCTION,
+                   help="the downstream task's instruction, shown with unchanged sentences on "
+                   "--task-copy-share of the copy pairs (default: the GEC instruction; '' for none)")
     p.add_argument("--init", default="", help="continue training this model folder (default: from scratch)")
     p.add_argument("--save-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -10,9 +10,9 @@ out (`corpus_split`); the rest is the training text.
 The training stream mixes two kinds of documents, concatenated and cut into rows:
   - plain text: one paragraph between <s> and </s> (language modelling);
   - instruction pairs in the alpaca chat format that zhlora's llama family uses, built from
-    training sentences: "copy this sentence" under several wordings (among them the GEC
-    instruction, always with an unchanged, already-correct sentence) and "give the first
-    clause". No correction is ever shown, so the base copies but does not correct: a LoRA
+    training sentences: "copy this sentence" under several wordings (among them the task
+    instruction it is given -- `zhlora pretrain` gives the GEC one -- always with an unchanged,
+    already-correct sentence) and "give the first clause". No correction is ever shown, so the base copies but does not correct: a LoRA
     only has to learn the edits.
 Tokenizer: zhlora's character tokenizer (`build_char_tokenizer`): one token per character,
 corpus characters + the 3,755 level-1 GB2312 characters; the alpaca scaffolding strings are
@@ -53,7 +53,8 @@ class PretrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     instruct_share: float = 1.0     # instruction-pair tokens per plain-text token, per epoch
-    gec_copy_share: float = 0.3     # of the copy pairs: worded as the GEC instruction
+    task_instruction: str = ""      # a downstream task's instruction (the CLI: the GEC one), shown
+    task_copy_share: float = 0.3    # ... on this share of the copy pairs, with the sentence unchanged
     limit_paragraphs: int = 0       # 0: the whole corpus (tests use a slice)
     seed: int = 0
     log_every: int = 50
@@ -77,15 +78,15 @@ class PretrainConfig:
 
 
 # -- training stream ------------------------------------------------------------------
-def instruction_pair(sent: str, rng: random.Random, gec_copy_share: float) -> tuple[str, str, str]:
-    """(instruction, input, output): a copy, or the first clause when there is one."""
-    from zhlora.gec.prompt import GEC_INSTRUCTION
-
+def instruction_pair(sent: str, rng: random.Random, cfg: PretrainConfig) -> tuple[str, str, str]:
+    """(instruction, input, output): a copy, or the first clause when there is one. With a
+    `task_instruction`, that share of the copies is worded as the task, so the base learns that
+    the task's prompt starts from copying."""
     head = sent.split("，", 1)[0]
     if rng.random() < 0.12 and head != sent and len(head) >= 2:
         return FIRST_CLAUSE, sent, head
-    if rng.random() < gec_copy_share:
-        return GEC_INSTRUCTION, sent, sent
+    if rng.random() < cfg.task_copy_share and cfg.task_instruction:
+        return cfg.task_instruction, sent, sent
     return rng.choice(COPY_INSTRUCTIONS), sent, sent
 
 
@@ -105,7 +106,7 @@ def epoch_documents(tok, paras: list[str], sents: list[str], cfg: PretrainConfig
     text_tokens = sum(map(len, docs))
     made = 0
     while made < cfg.instruct_share * text_tokens and sents:
-        ids = encode_instruction(tok, *instruction_pair(rng.choice(sents), rng, cfg.gec_copy_share))
+        ids = encode_instruction(tok, *instruction_pair(rng.choice(sents), rng, cfg))
         docs.append(ids)
         made += len(ids)
     rng.shuffle(docs)
