@@ -52,17 +52,58 @@ def check_weights_allowed(model_dir: str | Path, allow_bin: bool) -> None:
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder, or of a llama.cpp vocabulary file (`*.gguf`).
+
+    SentencePiece vocabularies converted to `tokenizers` (Metaspace pre-tokenizer) get
+    SentencePiece's own rule back: every piece of text between special tokens starts with a
+    word-start mark, also when it begins with a space (transformers 5 drops the mark there, which
+    changes e.g. " Hello" from [29871, 15043] to [15043] on LLaMA's vocabulary). A folder whose
+    tokenizer_config says `"legacy": false` keeps transformers' rule.
+    """
     from transformers import AutoTokenizer
 
     import zhlora  # noqa: F401  (registers zhlora's native tokenizer classes)
+    p = Path(path)
     try:
-        tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
+        if p.suffix == ".gguf":
+            tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        else:
+            tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise ZhloraError(f"{path}: could not load a tokenizer ({e}). The folder needs "
                           "tokenizer.json or tokenizer.model plus tokenizer_config.json") from None
+    if not _says_not_legacy(p):
+        _sentencepiece_prefix_rule(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
+
+
+def _says_not_legacy(path: Path) -> bool:
+    import json
+
+    cfg = path / "tokenizer_config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("legacy") is False
+    except json.JSONDecodeError:
+        return False
+
+
+def _sentencepiece_prefix_rule(tok) -> None:
+    """Metaspace pre-tokenizer -> Prepend + Replace normalizer (SentencePiece's add_dummy_prefix)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return
+    from tokenizers import normalizers, pre_tokenizers
+
+    pre = backend.pre_tokenizer
+    if not isinstance(pre, pre_tokenizers.Metaspace) or pre.prepend_scheme == "never" or pre.split:
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend(pre.replacement),
+                                               normalizers.Replace(" ", pre.replacement)])
+    backend.pre_tokenizer = None
 
 
 def _generic_fast_tokenizer(path):
