@@ -92,7 +92,7 @@ def _fmt(fmt: str, **exprs: str) -> str:
         if literal:
             out.append(_lit(literal))
         if field:
-            out.append(f"({exprs[field]}|string)")
+            out.append(f"(({exprs[field]})|string)")
     return " ~ ".join(out) or "''"
 
 

@@ -22,7 +22,7 @@ from zhlora.errors import ZhloraError
 from zhlora.families import Family, family_for_config, fingerprint, read_config
 from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
 from zhlora.outputs import replace_dir
-from zhlora.runinfo import write_adapter_meta
+from zhlora.runinfo import write_adapter_meta, write_chat_template
 from zhlora.templates import get_template
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
@@ -267,8 +267,7 @@ def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, k
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(plan.partial))
-        if save_tokenizer:
-            tokenizer.save_pretrained(str(plan.partial))
+        write_chat_template(plan.partial, meta["template"], tokenizer if save_tokenizer else None)
         write_adapter_meta(plan.partial, meta)
         history = trainer.state.log_history
         (plan.partial / "train_log.jsonl").write_text(
