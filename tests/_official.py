@@ -26,7 +26,7 @@ CONVERSATIONS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vocab_tokenizer(name: str):
     """zhlora's tokenizer for llama.cpp's `ggml-vocab-<name>.gguf` (loaded once per session)."""
     return load_tokenizer(VOCAB / f"ggml-vocab-{name}.gguf")

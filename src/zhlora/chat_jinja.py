@@ -97,9 +97,9 @@ def _fmt(fmt: str, **exprs: str) -> str:
 
 
 def _round_text_jinja(t) -> str:
-    history = _fmt(t.history, idx="loop.index0 // 2 + %d" % t.round_start, query="m['content']",
+    history = _fmt(t.history, idx=f"loop.index0 // 2 + {t.round_start}", query="m['content']",
                    answer="msgs[loop.index0 + 1]['content']")
-    current = _fmt(t.current, idx="loop.index0 // 2 + %d" % t.round_start, query="m['content']")
+    current = _fmt(t.current, idx=f"loop.index0 // 2 + {t.round_start}", query="m['content']")
     single = _fmt(t.single, query="m['content']") if t.single else current
     return "".join([
         f"{{#- zhlora template {t.name!r}: the prompt zhlora trains on -#}}\n",

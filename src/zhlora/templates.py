@@ -48,7 +48,7 @@ class Encoded:
 
 
 @dataclass
-class _Seg:  # noqa: D101
+class _Seg:
     ids: list[int]
     trained: bool
     content: bool  # content segments may be shortened; structure never
@@ -376,5 +376,8 @@ def templates_table() -> list[tuple[str, str]]:
 
 
 Renderer = Callable[[Conversation, object], Encoded]
+
+from zhlora.template_choice import TemplateChoice, template_for_model  # noqa: E402  (re-export)
+
 __all__ = ["ChatTemplate", "Tok", "BOS", "EOS", "Encoded", "IGNORE_INDEX", "TEMPLATES",
-           "register_template", "get_template", "Message"]
+           "register_template", "get_template", "Message", "TemplateChoice", "template_for_model"]
