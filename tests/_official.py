@@ -63,3 +63,43 @@ def encode_rendered(tok, text: str, specials: tuple[str, ...] = ()) -> list[int]
         elif piece:
             ids += tok.encode(piece, add_special_tokens=False)
     return ids
+
+
+def sentencepiece_proto_from_gguf(name: str):
+    """The SentencePiece ModelProto of a llama.cpp SPM vocabulary (pieces, scores, types): the
+    `tokenizer.model` the model was released with, rebuilt from the GGUF copy of it."""
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    reader = GGUFReader(str(VOCAB / f"ggml-vocab-{name}.gguf"))
+    field = lambda key: [reader.fields[key].parts[i] for i in reader.fields[key].data]  # noqa: E731
+    kinds = {1: pb.ModelProto.SentencePiece.NORMAL, 2: pb.ModelProto.SentencePiece.UNKNOWN,
+             3: pb.ModelProto.SentencePiece.CONTROL, 4: pb.ModelProto.SentencePiece.USER_DEFINED,
+             5: pb.ModelProto.SentencePiece.UNUSED, 6: pb.ModelProto.SentencePiece.BYTE}
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.BPE
+    m.trainer_spec.byte_fallback = True
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id, m.trainer_spec.pad_id = 0, 1, 2, -1
+    m.normalizer_spec.name = "identity"
+    m.normalizer_spec.add_dummy_prefix = True
+    m.normalizer_spec.remove_extra_whitespaces = False
+    m.normalizer_spec.escape_whitespaces = True
+    for tok, score, kind in zip(field("tokenizer.ggml.tokens"), field("tokenizer.ggml.scores"),
+                                field("tokenizer.ggml.token_type")):
+        p = m.pieces.add()
+        p.piece, p.score, p.type = bytes(tok).decode("utf-8"), float(score[0]), kinds[int(kind[0])]
+    m.trainer_spec.vocab_size = len(m.pieces)
+    return m
+
+
+def write_llama_tokenizer_folder(folder: Path, proto) -> Path:
+    """A tokenizer folder laid out like LLaMA / Chinese-LLaMA releases: tokenizer.model plus a
+    LlamaTokenizer tokenizer_config.json (no tokenizer.json)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False}), encoding="utf-8")
+    return folder
