@@ -1,5 +1,9 @@
 """Golden ids and label masks of the ChatGLM templates with the fixed tokenizers in
-tests/assets/chatglm (single- and multi-turn), plus the family registry entries."""
+tests/assets/chatglm (single- and multi-turn), plus the family registry entries.
+
+The generation prompt ends at `<|assistant|>` (chatglm3, glm4): the newline after it is the
+model's to write, as THUDM's build_chat_input and the official GLM-4 chat_template have it,
+so it is trained with the answer."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +22,7 @@ SINGLE = Conversation.from_pairs([("你好", "你好！")])
 MULTI = Conversation.from_pairs([("你好", "你好！"), ("今天天气", "很好。")])
 GOLDEN = {
     "chatglm": (
-        [111, 169, 215, 253, 259, 4, 245, 218, 93, 4, 241, 218, 86, 89, 150, 246, 90], 14,
+        [150, 86, 89, 150, 246, 90], 3,  # no history: the bare query, as chat() sends it
         [111, 169, 215, 253, 259, 4, 245, 218, 93, 4, 241, 218, 93, 246, 4, 258, 169, 215, 254, 259, 4, 245,
          218, 267, 155, 4, 241, 218, 86, 89, 215, 133, 216, 90],
         [X] * 30 + [215, 133, 216, 90]),
@@ -28,14 +32,14 @@ GOLDEN = {
          378, 311, 274, 334, 53, 268, 340, 365, 337, 387, 324, 340, 340, 361, 337, 334, 301, 335, 2],
         [X] * 35 + [334, 301, 335, 2]),
     "chatglm3": (
-        [421, 423, 426, 334, 340, 319, 427, 334, 340, 319, 366, 426], 9,
+        [421, 423, 426, 334, 340, 319, 427, 334, 340, 319, 366, 426], 7,
         [421, 423, 426, 334, 340, 319, 427, 334, 340, 319, 366, 426, 334, 340, 285, 324, 427, 334, 340, 334,
          301, 335, 426],
-        [X] * 9 + [319, 366, 426] + [X] * 7 + [334, 301, 335, 426]),
+        [X] * 7 + [334, 340, 319, 366, 426] + [X] * 5 + [334, 340, 334, 301, 335, 426]),
     "glm4": (
-        [633, 635, 638, 10, 448, 639, 10, 448, 352, 638], 7,
+        [633, 635, 638, 10, 448, 639, 10, 448, 352, 638], 6,
         [633, 635, 638, 10, 448, 639, 10, 448, 352, 638, 10, 436, 483, 639, 10, 503, 257, 638],
-        [X] * 7 + [448, 352, 638] + [X] * 5 + [503, 257, 638]),
+        [X] * 6 + [10, 448, 352, 638] + [X] * 4 + [10, 503, 257, 638]),
 }
 TEXT = {  # what the ids decode to, as a reader would check them
     "chatglm": "[Round 0]\n问：你好\n答：你好！\n[Round 1]\n问：今天天气\n答：[gMASK]<sop> 很好。<eop>",

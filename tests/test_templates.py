@@ -19,6 +19,7 @@ MULTI = Conversation.from_pairs([("你好", "世界"), ("再见", "明天")], sy
 ALPACA_SYS = ("Below is an instruction that describes a task. "
               "Write a response that appropriately completes the request.")
 LLAMA2_SYS = "You are a helpful assistant. 你是一个乐于助人的助手。"
+QWEN25_SYS = "You are Qwen, created by Alibaba Cloud."
 
 GOLDEN = {
     ("default", "single"): "<s>Human: 你好\nAssistant: [[世界</s>]]",
@@ -26,26 +27,33 @@ GOLDEN = {
     ("alpaca", "single"): f"<s>{ALPACA_SYS}\n\n### Instruction:\n你好\n\n### Response:\n[[世界</s>]]",
     ("alpaca", "multi"): "<s>助手\n\n### Instruction:\n你好\n\n### Response:\n[[世界</s>]]\n\n"
                          "### Instruction:\n再见\n\n### Response:\n[[明天</s>]]",
-    ("llama2", "single"): f"<s>[INST] <<SYS>>\n{LLAMA2_SYS}\n<</SYS>>\n\n你好 [/INST] [[世界]] [[</s>]]",
-    ("llama2", "multi"): "<s>[INST] <<SYS>>\n助手\n<</SYS>>\n\n你好 [/INST] [[世界]] [[</s>]]"
-                         "<s>[INST] 再见 [/INST] [[明天]] [[</s>]]",
+    ("llama2", "single"): "<s>[INST] 你好 [/INST][[ 世界 </s>]]",
+    ("llama2", "multi"): "<s>[INST] <<SYS>>\n助手\n<</SYS>>\n\n你好 [/INST][[ 世界 </s>]]"
+                         "<s>[INST] 再见 [/INST][[ 明天 </s>]]",
+    ("chinese-alpaca-2", "single"): f"<s>[INST] <<SYS>>\n{LLAMA2_SYS}\n<</SYS>>\n\n你好 [/INST][[ 世界</s>]]",
+    ("chinese-alpaca-2", "multi"): "<s>[INST] <<SYS>>\n助手\n<</SYS>>\n\n你好 [/INST][[ 世界</s>]]"
+                                   "<s>[INST] 再见 [/INST][[ 明天</s>]]",
     ("chatml", "single"): "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                           "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n[[世界<|im_end|>]]",
     ("chatml", "multi"): "<|im_start|>system\n助手<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n"
                          "<|im_start|>assistant\n[[世界<|im_end|>]]\n<|im_start|>user\n再见<|im_end|>\n"
                          "<|im_start|>assistant\n[[明天<|im_end|>]]",
-    ("glm4", "single"): "[gMASK]<sop><|user|>\n你好<|assistant|>\n[[世界<|user|>]]",
-    ("glm4", "multi"): "[gMASK]<sop><|system|>\n助手<|user|>\n你好<|assistant|>\n[[世界<|user|>]]"
-                       "\n再见<|assistant|>\n[[明天<|user|>]]",
+    ("qwen2.5", "single"): "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+                           "assistant.<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
+                           "[[世界<|im_end|>]]",
+    ("glm4", "single"): "[gMASK]<sop><|user|>\n你好<|assistant|>[[\n世界<|user|>]]",
+    ("glm4", "multi"): "[gMASK]<sop><|system|>\n助手<|user|>\n你好<|assistant|>[[\n世界<|user|>]]"
+                       "\n再见<|assistant|>[[\n明天<|user|>]]",
 }
 FAMILY_OF_TEMPLATE = {"default": "llama", "alpaca": "llama", "llama2": "llama", "chatml": "qwen2",
-                      "glm4": "glm4"}
+                      "glm4": "glm4", "chinese-alpaca-2": "llama", "qwen2.5": "qwen2"}
 _tok_cache: dict = {}
 
 
 def tokenizer_for(family: str):
     if family not in _tok_cache:
-        _tok_cache[family] = build_char_tokenizer([ALPACA_SYS, LLAMA2_SYS, "你好世界再见明天助手"], family)
+        _tok_cache[family] = build_char_tokenizer([ALPACA_SYS, LLAMA2_SYS, QWEN25_SYS, "你好世界再见明天助手"],
+                                                  family)
     return _tok_cache[family]
 
 
@@ -76,7 +84,7 @@ def test_golden_rendering(name, kind):
 
 
 def test_every_core_template_has_golden_cases():
-    core = {"default", "alpaca", "llama2", "chatml", "glm4"}
+    core = {"default", "alpaca", "llama2", "chinese-alpaca-2", "chatml", "qwen2.5", "glm4"}
     assert core <= set(TEMPLATES)
     assert {n for n, _ in GOLDEN} == core
 
@@ -102,7 +110,9 @@ def test_prompt_is_training_prefix(name):
     full = t.encode(MULTI, tok).input_ids
     prompt = t.encode_prompt(Conversation(MULTI.messages[:-1], system=MULTI.system), tok)
     assert full[: len(prompt)] == prompt
-    assert tok.decode(full[len(prompt):]).startswith("明天")
+    labels = t.encode(MULTI, tok).labels
+    assert labels[len(prompt):] == full[len(prompt):]  # everything after the prompt is trained
+    assert tok.decode(full[len(prompt):]).strip().startswith("明天")
 
 
 def test_truncation_keeps_special_tokens_whole():

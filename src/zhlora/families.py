@@ -30,6 +30,9 @@ class Family:
     matches: Callable[[dict], bool] | None = None
     # optional hook to pick the template from the config (e.g. chatglm2 vs chatglm3)
     template_for: Callable[[dict], str] | None = None
+    # the other templates this family's models are published with; a folder's own
+    # chat_template picks among them (zhlora.templates.template_for_model)
+    templates: tuple[str, ...] = ()
     notes: str = ""
 
     def lora_targets(self, preset_or_list) -> list[str]:
@@ -68,14 +71,18 @@ def register_family(f: Family) -> Family:
 
 _LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-register_family(Family(
-    name="llama", model_types=("llama",), template="alpaca",
-    lora_presets={"default": ["q_proj", "v_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                  "all": _LLAMA_ALL},
-    notes="Chinese-LLaMA / Chinese-Alpaca (v1, Plus, -2); extended 49953/49954-token vocabularies"))
+CHINESE_LLAMA_2_VOCAB = 55296  # Chinese-LLaMA-2 / Chinese-Alpaca-2 (v1: 49953 / 49954)
 
 register_family(Family(
-    name="qwen2", model_types=("qwen2", "qwen3"), template="chatml",
+    name="llama", model_types=("llama",), template="alpaca",
+    template_for=lambda cfg: "chinese-alpaca-2" if cfg.get("vocab_size") == CHINESE_LLAMA_2_VOCAB else "alpaca",
+    templates=("alpaca", "chinese-alpaca-2", "llama2", "default"),
+    lora_presets={"default": ["q_proj", "v_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                  "all": _LLAMA_ALL},
+    notes="Chinese-LLaMA / Chinese-Alpaca (v1, Plus: alpaca; -2, 55296 tokens: chinese-alpaca-2), Llama-2"))
+
+register_family(Family(
+    name="qwen2", model_types=("qwen2", "qwen3"), template="chatml", templates=("chatml", "qwen2.5"),
     lora_presets={"default": ["q_proj", "v_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
                   "all": _LLAMA_ALL},
     notes="Qwen2 / Qwen2.5 / Qwen3 through transformers' own classes"))

@@ -17,7 +17,10 @@ An adapter folder written by `zhlora train` holds a standard PEFT adapter
       "generation": {"max_new_tokens": 256, ...}
     }
 
-When the vocabulary was extended, the adapter folder also holds the tokenizer files.
+When the vocabulary was extended, the adapter folder also holds the tokenizer files. Every
+adapter folder (and every merged model) holds `chat_template.jinja`, the Jinja form of the
+template it was trained with (`zhlora.chat_jinja`), so `tokenizer.apply_chat_template`, vLLM
+and llama.cpp render the prompt zhlora trained on; a saved tokenizer carries it too.
 merge / chat / predict / serve read this file so the user need not repeat flags.
 """
 from __future__ import annotations
@@ -55,3 +58,33 @@ def adapter_has_tokenizer(folder: str | Path) -> bool:
     f = Path(folder)
     return (f / "tokenizer_config.json").is_file() and any(
         (f / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "ice_text.model"))
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def write_chat_template(folder: str | Path, template: str, tokenizer=None) -> str:
+    """Write the template's Jinja as `chat_template.jinja` (transformers 5 reads it with the
+    tokenizer); with `tokenizer`, save the tokenizer there too, carrying the same template."""
+    from zhlora.chat_jinja import chat_template_jinja
+
+    jinja = chat_template_jinja(template)
+    if tokenizer is not None:
+        tokenizer.chat_template = jinja
+        tokenizer.save_pretrained(str(folder))
+    Path(folder, CHAT_TEMPLATE_FILE).write_text(jinja, encoding="utf-8")
+    return jinja
+
+
+def set_tokenizer_chat_template(folder: str | Path, template: str) -> None:
+    """A folder's copied tokenizer files now name `template`: chat_template.jinja and the
+    `chat_template` key of tokenizer_config.json (read by older runtimes and gguf-py)."""
+    jinja = write_chat_template(folder, template)
+    cfg = Path(folder, "tokenizer_config.json")
+    if cfg.is_file():
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ZhloraError(f"{cfg}:{e.lineno}: invalid JSON ({e.msg})") from None
+        data["chat_template"] = jinja
+        cfg.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")

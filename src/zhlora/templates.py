@@ -6,13 +6,17 @@ either text (may contain `{content}` and `{idx}`, the round number) or a special
 (`Tok("<|im_end|>")`, `BOS`, `EOS`) looked up in the tokenizer's vocabulary, so special
 tokens are never produced by splitting text.
 
-Labels: prompt tokens are -100; assistant content and its end-of-turn token are trained.
+Labels: prompt tokens are -100; the answer -- the `assistant` parts (text the model writes
+before/after the content, e.g. GLM's newline after `<|assistant|>`), the content and the
+end-of-turn token -- is trained. The generation prompt ends where the answer begins, as the
+official `apply_chat_template(add_generation_prompt=True)` of each model does.
 Truncation to `cutoff_len` drops whole rounds from the end, then shortens *content*
 segments; structural segments (role tokens, `[gMASK]`, `<|im_start|>assistant\n`...) are
 never cut.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from zhlora.conversation import Conversation, Message
@@ -59,6 +63,8 @@ class ChatTemplate:
     `user_open` is emitted before a user turn only if `assistant_end_opens_user` is false or
     it is the first round (GLM-style "efficient EOS": the end token of an answer is the role
     token of the next user turn).
+    Text between special tokens is encoded in one piece with a fast tokenizer (see
+    `_to_segments`), so the ids equal those of tokenizing the rendered text.
     """
 
     name: str
@@ -95,56 +101,53 @@ class ChatTemplate:
                 "that matches the model (template=...) or add the token to the tokenizer")
         return tid
 
-    def _render(self, parts: tuple, tokenizer, content: str = "", idx: int = 0) -> list[tuple[list[int], bool]]:
-        """-> [(ids, is_content)] for each part."""
+    def _pieces(self, parts: tuple, tokenizer, content: str = "", idx: int = 0,
+                trained: bool = False) -> list[_Piece]:
+        """The parts as pieces: special token ids, structure text, the content text."""
         out = []
         for p in parts:
             if isinstance(p, Tok):
                 tid = self._token_id(p, tokenizer)
                 if tid is not None:
-                    out.append(([tid], False))
-            elif "{content}" in p:
-                before, after = p.split("{content}", 1)
-                before, after = before.replace("{idx}", str(idx)), after.replace("{idx}", str(idx))
-                if before:
-                    out.append((_encode_text(tokenizer, before), False))
-                if content:
-                    out.append((_encode_text(tokenizer, content), True))
-                if after:
-                    out.append((_encode_text(tokenizer, after), False))
-            else:
-                text = p.replace("{idx}", str(idx))
-                if text:
-                    out.append((_encode_text(tokenizer, text), False))
+                    out.append(_Piece(None, tid, trained, False))
+                continue
+            before, has, after = p.partition("{content}")
+            before, after = before.replace("{idx}", str(idx)), after.replace("{idx}", str(idx))
+            if before:
+                out.append(_Piece(before, None, trained, False))
+            if has and content:
+                out.append(_Piece(content, None, trained, True))
+            if after:
+                out.append(_Piece(after, None, trained, False))
         return out
 
-    # -- segments ------------------------------------------------------------------
-    def _rounds(self, conv: Conversation, tokenizer) -> tuple[list[_Seg], list[tuple[list[_Seg], list[_Seg]]]]:
-        """-> (head segments, [(prompt segments, answer segments) per round])."""
+    # -- rounds --------------------------------------------------------------------
+    def _rounds(self, conv: Conversation, tokenizer):
+        """-> (head pieces, [(prompt pieces, answer pieces) per round]); a conversation that
+        ends with a user turn (generation) has no answer in its last round."""
         system = conv.system or self.default_system
-        head = [_Seg(ids, False, c) for ids, c in self._render(self.prefix, tokenizer)]
+        head = self._pieces(self.prefix, tokenizer)
         if system and not self.system_in_first_user:
-            head += [_Seg(ids, False, c) for ids, c in self._render(self.system, tokenizer, system)]
+            head += self._pieces(self.system, tokenizer, system)
         rounds = []
         msgs = conv.messages
         for r in range(0, len(msgs), 2):
             user, answer = msgs[r], (msgs[r + 1] if r + 1 < len(msgs) else None)
             idx = self.round_start + r // 2
-            prompt: list[_Seg] = []
+            ask: list[_Piece] = []
             if r > 0 and self.separator:
-                prompt += [_Seg(ids, False, c) for ids, c in self._render(self.separator, tokenizer, idx=idx)]
+                ask += self._pieces(self.separator, tokenizer, idx=idx)
             if r == 0 or not self.assistant_end_opens_user:
-                prompt += [_Seg(ids, False, c) for ids, c in self._render(self.user_open, tokenizer, idx=idx)]
+                ask += self._pieces(self.user_open, tokenizer, idx=idx)
             text = user.content
             if r == 0 and system and self.system_in_first_user:
                 text = "".join(self.system).replace("{content}", system) + text
-            prompt += [_Seg(ids, False, c) for ids, c in self._render(self.user, tokenizer, text, idx)]
-            ans: list[_Seg] = []
-            if answer is not None:
-                for ids, c in self._render(self.assistant, tokenizer, answer.content, idx):
-                    ans.append(_Seg(ids, c, c))  # only the content itself is trained ...
-                ans += [_Seg(ids, True, False) for ids, _ in self._render(self.assistant_end, tokenizer, idx=idx)]
-            rounds.append((prompt, ans))  # ... plus the end-of-turn token
+            ask += self._pieces(self.user, tokenizer, text, idx)
+            ans: list[_Piece] = []
+            if answer is not None:  # the whole answer is trained: its text and end token
+                ans = self._pieces(self.assistant, tokenizer, answer.content, idx, trained=True)
+                ans += self._pieces(self.assistant_end, tokenizer, idx=idx, trained=True)
+            rounds.append((ask, ans))
         return head, rounds
 
     # -- public API ----------------------------------------------------------------
@@ -153,7 +156,7 @@ class ChatTemplate:
         """Token ids and labels for training. `train_on`: "all" assistant turns or "last"."""
         if train_on not in ("all", "last"):
             raise ZhloraError(f"train_on must be 'all' or 'last', got {train_on!r}")
-        head, rounds = self._rounds(conv, tokenizer)
+        head, rounds = _to_segments(*self._rounds(conv, tokenizer), tokenizer)
         if train_on == "last":
             rounds = [(p, [_Seg(s.ids, False, s.content) for s in a]) for p, a in rounds[:-1]] + rounds[-1:]
         segs, truncated = _fit(head, rounds, cutoff_len)
@@ -166,16 +169,12 @@ class ChatTemplate:
     def encode_prompt(self, conv: Conversation, tokenizer, max_len: int | None = None) -> list[int]:
         """Prompt ids for generation: the history, the last user turn, the assistant opener.
 
-        `conv` ends with a user message; earlier answers are rendered as in training.
+        `conv` ends with a user message; earlier answers are rendered as in training. The
+        prompt ends where the assistant's answer (`assistant` parts) begins.
         """
         if not conv.messages or conv.messages[-1].role != "user":
             raise ZhloraError("a generation prompt must end with a user message")
-        head, rounds = self._rounds(conv, tokenizer)
-        opener = [_Seg(ids, False, False) for ids, c in self._render(self.assistant, tokenizer, "", 0)
-                  if not c]
-        # the part of the assistant format before {content} belongs to the prompt
-        opener = opener[:_parts_before_content(self.assistant)]
-        rounds[-1] = (rounds[-1][0] + opener, [])
+        head, rounds = _to_segments(*self._rounds(conv, tokenizer), tokenizer)
         segs, _ = _fit(head, rounds, max_len)
         return [t for s in segs for t in s.ids]
 
@@ -192,17 +191,67 @@ class ChatTemplate:
         return ids
 
 
-def _parts_before_content(parts: tuple) -> int:
-    """Number of rendered segments before `{content}` (text before it counts as one)."""
-    n = 0
-    for p in parts:
-        if isinstance(p, Tok):
-            n += 1
-        elif "{content}" in p:
-            return n + (1 if p.split("{content}", 1)[0] else 0)
-        elif p:
-            n += 1
-    return n
+@dataclass
+class _Piece:
+    text: str | None     # text to encode, or None for a special token
+    tid: int | None
+    trained: bool
+    content: bool
+
+
+def _to_segments(head: list[_Piece], rounds: list, tokenizer):
+    """Encode all pieces, keeping the (head, rounds) layout: one segment per piece.
+
+    A fast tokenizer encodes each run of text between special tokens in ONE call, as
+    `tokenizer.apply_chat_template` does with the rendered text (SentencePiece vocabularies add
+    a word-start mark at the start of every separately encoded string, so splitting a run would
+    change the ids); offsets tell which piece each token belongs to, a token overlapping the
+    content belongs to the content. A slow tokenizer (zhlora's native ChatGLM classes) encodes
+    each piece on its own, as THUDM's `build_single_message` does.
+    """
+    flat = head + [p for ask, ans in rounds for p in ask + ans]
+    ids = _encode_pieces(flat, tokenizer)
+    segs = [_Seg(i, p.trained, p.content) for p, i in zip(flat, ids)]
+    out_head, k, out_rounds = segs[:len(head)], len(head), []
+    for ask, ans in rounds:
+        out_rounds.append((segs[k:k + len(ask)], segs[k + len(ask):k + len(ask) + len(ans)]))
+        k += len(ask) + len(ans)
+    return out_head, out_rounds
+
+
+def _encode_pieces(pieces: list[_Piece], tokenizer) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in pieces]
+    run: list[int] = []  # indices of the current run of text pieces
+    for i, p in enumerate(pieces + [_Piece(None, None, False, False)]):
+        if p.text is not None:
+            run.append(i)
+            continue
+        if run:
+            for j, ids in zip(run, _encode_run([pieces[j] for j in run], tokenizer)):
+                out[j] = ids
+            run = []
+        if i < len(pieces):
+            out[i] = [p.tid]
+    return out
+
+
+def _encode_run(run: list[_Piece], tokenizer) -> list[list[int]]:
+    if not getattr(tokenizer, "is_fast", False) or len(run) == 1:
+        return [_encode_text(tokenizer, p.text) for p in run]
+    text = "".join(p.text for p in run)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    bounds, pos = [], 0
+    for p in run:
+        bounds.append((pos, pos + len(p.text)))
+        pos += len(p.text)
+    out: list[list[int]] = [[] for _ in run]
+    for tid, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]):
+        over = [j for j, (lo, hi) in enumerate(bounds) if a < hi and b > lo]
+        owner = next((j for j in over if run[j].content), None)
+        if owner is None:
+            owner = over[0] if over else next((j for j, (lo, hi) in enumerate(bounds) if a < hi), len(run) - 1)
+        out[owner].append(tid)
+    return out
 
 
 def _encode_text(tokenizer, text: str) -> list[int]:
@@ -279,10 +328,20 @@ register_template(ChatTemplate(
     system=("<<SYS>>\n{content}\n<</SYS>>\n\n",),
     system_in_first_user=True,
     assistant=(" {content} ",),
-    default_system="You are a helpful assistant. 你是一个乐于助人的助手。",
-    description="Chinese-Alpaca-2 / Llama-2 chat: <s>[INST] <<SYS>>...<</SYS>> q [/INST] a </s>"))
+    description="Llama-2-chat (meta-llama's chat_template): <s>[INST] <<SYS>>...<</SYS>> q [/INST] a </s>, "
+                "no default system"))
 
 register_template(ChatTemplate(
+    name="chinese-alpaca-2",
+    user=(BOS, "[INST] {content} [/INST]"),
+    system=("<<SYS>>\n{content}\n<</SYS>>\n\n",),
+    system_in_first_user=True,
+    assistant=(" {content}",),
+    default_system="You are a helpful assistant. 你是一个乐于助人的助手。",
+    description="Chinese-LLaMA-2 / Chinese-Alpaca-2 (hfl's inference code): Llama-2 layout, own default "
+                "system, a</s> without a space"))
+
+CHATML = register_template(ChatTemplate(
     name="chatml",
     system=(Tok("<|im_start|>"), "system\n{content}", Tok("<|im_end|>"), "\n"),
     user=(Tok("<|im_start|>"), "user\n{content}", Tok("<|im_end|>"), "\n",
@@ -291,19 +350,27 @@ register_template(ChatTemplate(
     separator=("\n",),
     default_system="You are a helpful assistant.",
     stop=("<|im_end|>",),
-    description="Qwen / Qwen2 / Qwen2.5 ChatML"))
+    description="Qwen / Qwen2 ChatML (default system 'You are a helpful assistant.')"))
+
+register_template(dataclasses.replace(
+    get_template("chatml"), name="qwen2.5",
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    description="Qwen2.5 ChatML (its default system prompt names Qwen)"))
 
 register_template(ChatTemplate(
     name="glm4",
     prefix=(Tok("[gMASK]"), Tok("<sop>")),
     system=(Tok("<|system|>"), "\n{content}"),
     user_open=(Tok("<|user|>"),),
-    user=("\n{content}", Tok("<|assistant|>"), "\n"),
+    user=("\n{content}", Tok("<|assistant|>")),
+    assistant=("\n{content}",),  # the model writes the newline after <|assistant|> itself
     assistant_end=(Tok("<|user|>"),),
     assistant_end_opens_user=True,
     stop=("<|user|>", "<|observation|>"),
-    description="GLM-4 (transformers' native glm4): [gMASK]<sop><|user|>\\nq<|assistant|>\\na<|user|>..."))
+    description="GLM-4 (glm-4-9b-chat, and transformers' glm4/glm): [gMASK]<sop><|user|>\\nq<|assistant|>\\na<|user|>..."))
 
+
+from zhlora.template_choice import TemplateChoice, template_for_model  # noqa: E402  (re-export)
 
 __all__ = ["ChatTemplate", "Tok", "BOS", "EOS", "Encoded", "IGNORE_INDEX", "TEMPLATES",
-           "register_template", "get_template", "Message"]
+           "register_template", "get_template", "Message", "TemplateChoice", "template_for_model"]

@@ -83,14 +83,14 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_and_template(model_dir: str, name: str | None):
-    from zhlora.families import family_of, read_config
     from zhlora.models.loading import load_tokenizer
-    from zhlora.templates import get_template
+    from zhlora.templates import template_for_model
 
     if not Path(model_dir).is_dir():
         raise ZhloraError(f"--model {model_dir}: no such folder; give a Hugging Face model folder")
-    name = name or family_of(model_dir).default_template(read_config(model_dir))
-    return load_tokenizer(model_dir), get_template(name)
+    choice = template_for_model(model_dir, name)
+    print(f"template: {choice}")
+    return load_tokenizer(model_dir), choice.template
 
 
 def _print_file(fr: FileResult, args, tokenizer, template) -> None:
@@ -118,8 +118,13 @@ def _print_tokens(convs, args, tokenizer, template) -> None:
     print("\n".join("  " + line for line in stats.bars(rows)))
     pct = 100.0 * len(ts.truncated) / len(convs)
     print(f"cutoff_len {args.cutoff_len} would truncate {len(ts.truncated)} of {len(convs)} "
-          f"record(s) ({pct:.1f}%)" + (f", e.g. {ts.truncated[0]}" if ts.truncated else ""))
+          f"record(s) ({pct:.1f}%)" + (f", e.g. {ts.truncated[0]}" if ts.truncated else "")
+          + (f", losing {ts.lost_label_tokens} trained token(s)" if ts.truncated else ""))
     print(f"trained tokens (train_on={args.train_on}, after cutoff): {ts.trained_tokens}")
+    print(f"the template adds {stats.overhead_line(stats.prompt_overhead(convs, tokenizer, template))}")
+    enc = template.encode(convs[0], tokenizer, train_on=args.train_on)
+    print(f"example ({convs[0].origin}; special tokens shown, trained tokens in [[...]]):")
+    print("\n".join("  | " + line for line in stats.shown_example(enc.input_ids, enc.labels, tokenizer).split("\n")))
     if ts.untrained:
         print(f"  {len(ts.untrained)} record(s) keep no trained token after the cutoff, "
               f"e.g. {ts.untrained[0]}; raise --cutoff-len or shorten them")

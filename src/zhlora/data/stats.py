@@ -26,6 +26,7 @@ class TokenStats:
     truncated: list[str] = field(default_factory=list)  # origins of records longer than cutoff
     untrained: list[str] = field(default_factory=list)  # origins left with no trained token
     trained_tokens: int = 0                             # label tokens after cutoff
+    lost_label_tokens: int = 0                          # label tokens the cutoff removes
 
     def summary(self) -> str:
         s = sorted(self.lengths)
@@ -46,7 +47,9 @@ def token_stats(convs: list[Conversation], tokenizer, template, cutoff_len: int,
         stats.lengths.append(len(enc))
         if len(enc) > cutoff_len:
             stats.truncated.append(conv.origin)
+            full_labels = sum(t != IGNORE_INDEX for t in enc.labels)
             enc = template.encode(conv, tokenizer, cutoff_len=cutoff_len, train_on=train_on)
+            stats.lost_label_tokens += full_labels - sum(t != IGNORE_INDEX for t in enc.labels)
         trained = sum(t != IGNORE_INDEX for t in enc.labels)
         stats.trained_tokens += trained
         if trained == 0:
@@ -72,3 +75,40 @@ def bars(rows: list[tuple[str, int]], width: int = 40) -> list[str]:
     nw = len(str(top))
     return [f"{label:>{lw}}  {n:>{nw}}  {'#' * max(1 if n else 0, round(width * n / top))}"
             for label, n in rows]
+
+
+def prompt_overhead(convs: list[Conversation], tokenizer, template, limit: int = 200) -> list[int]:
+    """Tokens the template adds per record beyond the messages' own text (role markers, special
+    tokens, a default system prompt), for the first `limit` records."""
+    out = []
+    for conv in convs[:limit]:
+        texts = [m.content for m in conv.messages] + ([conv.system] if conv.system else [])
+        own = sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts)
+        out.append(len(template.encode(conv, tokenizer).input_ids) - own)
+    return out
+
+
+def overhead_line(overhead: list[int]) -> str:
+    """'106 tokens per record (median; min 104, max 110)'."""
+    s = sorted(overhead)
+    return f"{statistics.median(s):g} tokens per record (median; min {s[0]}, max {s[-1]})"
+
+
+def shown_example(ids: list[int], labels: list[int], tokenizer) -> str:
+    """One encoded record as text, special tokens visible, trained spans in [[...]]."""
+    out, start = [], 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
+            text = _decode_span(tokenizer, ids, start, k)
+            out.append(f"[[{text}]]" if labels[start] != IGNORE_INDEX else text)
+            start = k
+    return "".join(out)
+
+
+def _decode_span(tokenizer, ids: list[int], a: int, b: int) -> str:
+    """Text of ids[a:b] as it appears in the whole decoding (a span decoded alone may lose the
+    space a SentencePiece word-start mark stands for)."""
+    dec = lambda n: tokenizer.decode(ids[:n], skip_special_tokens=False)  # noqa: E731
+    whole_a = dec(a)
+    whole_b = dec(b)
+    return whole_b[len(whole_a):] if whole_b.startswith(whole_a) else tokenizer.decode(ids[a:b])

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.families import family_of, fingerprint, read_config
+from zhlora.families import family_of, fingerprint
 from zhlora.models.loading import load_model, load_tokenizer
 from zhlora.runinfo import adapter_has_tokenizer, read_adapter_meta
+from zhlora.templates import template_for_model
 
 
 @dataclass
@@ -28,7 +29,7 @@ class EngineParts:
 def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allow_bin=False) -> EngineParts:
     metas = {name: (Path(p), _read_meta(name, p)) for name, p in adapters.items()}
     base = _resolve_base(model_dir, metas)
-    family = family_of(base)
+    family_of(base)  # an unsupported model fails here, before any weights are read
     for name, (path, meta) in metas.items():
         _check_fingerprint(base, path, meta)
     tokenizer = load_tokenizer(_tokenizer_folder(base, metas))
@@ -37,7 +38,7 @@ def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allo
     model = _plug_adapters(model, metas)
     if device:
         model.to(device)
-    return EngineParts(model, tokenizer, base, family.default_template(read_config(base)), metas)
+    return EngineParts(model, tokenizer, base, template_for_model(base).name, metas)
 
 
 def _read_meta(name: str, path) -> dict:

@@ -32,6 +32,7 @@ from zhlora.merge.base import open_base
 from zhlora.merge.plan import MergePlan, OutTensor, make_plan
 from zhlora.merge.writer import StreamingShardWriter
 from zhlora.outputs import atomic_output_dir
+from zhlora.runinfo import set_tokenizer_chat_template
 
 MERGE_META = "zhlora_merged.json"
 TOKENIZER_FILES = ("tokenizer.model", "ice_text.model", "tokenizer.json", "tokenizer_config.json",
@@ -239,6 +240,9 @@ def write_side_files(plan: MergePlan, out: Path) -> None:
     for name in TOKENIZER_FILES:     # never *.py: no remote code travels with the model
         if (plan.tokenizer_dir / name).is_file():
             shutil.copy2(plan.tokenizer_dir / name, out / name)
+    template = _merge_record(plan)["template"]
+    if template:  # the runtime's chat_template = the prompt the adapters were trained on
+        set_tokenizer_chat_template(out, template)
     (out / MERGE_META).write_text(json.dumps(_merge_record(plan), indent=2, ensure_ascii=False, default=str),
                                   encoding="utf-8")
 

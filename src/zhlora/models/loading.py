@@ -52,16 +52,85 @@ def check_weights_allowed(model_dir: str | Path, allow_bin: bool) -> None:
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer of a model folder, or of a llama.cpp vocabulary file (`*.gguf`).
+
+    SentencePiece vocabularies converted to `tokenizers` get SentencePiece's own behaviour back
+    (transformers 5 changes both; measured on LLaMA's vocabulary against llama.cpp's vectors):
+    - every piece of text between special tokens starts with a word-start mark, also when it
+      begins with a space (transformers drops the mark there: " Hello" [29871, 15043] -> [15043]);
+      a folder whose tokenizer_config says `"legacy": false` keeps transformers' rule;
+    - a BPE `tokenizer.model` (no tokenizer.json) merges by piece score, as SentencePiece does
+      (transformers 5 ranks merges by piece id: " Hello" -> [259, 10994], "▁▁" + "Hello").
+    """
     from transformers import AutoTokenizer
 
+    p = Path(path)
     try:
-        tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
+        if p.suffix == ".gguf":
+            tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+        else:
+            tok = _generic_fast_tokenizer(path) or AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise ZhloraError(f"{path}: could not load a tokenizer ({e}). The folder needs "
                           "tokenizer.json or tokenizer.model plus tokenizer_config.json") from None
+    if p.is_dir():
+        _sentencepiece_merges_by_score(tok, p)
+    if not _says_not_legacy(p):
+        _sentencepiece_prefix_rule(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     return tok
+
+
+def _says_not_legacy(path: Path) -> bool:
+    import json
+
+    cfg = path / "tokenizer_config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("legacy") is False
+    except json.JSONDecodeError:
+        return False
+
+
+def _sentencepiece_merges_by_score(tok, folder: Path) -> None:
+    """Rebuild the BPE merges of a tokenizer converted from a SentencePiece BPE model, ranked by
+    the pieces' scores (transformers' own `generate_merges` with scores)."""
+    sp_file = folder / "tokenizer.model"
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or (folder / "tokenizer.json").is_file() or not sp_file.is_file():
+        return
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb
+    from tokenizers import models
+    from transformers.tokenization_utils_base import generate_merges
+
+    if not isinstance(backend.model, models.BPE):
+        return
+    proto = spm_pb.ModelProto()
+    proto.ParseFromString(sp_file.read_bytes())
+    if proto.trainer_spec.model_type != spm_pb.TrainerSpec.BPE:
+        return
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    merges = generate_merges(vocab, {piece.piece: piece.score for piece in proto.pieces})
+    unk = proto.pieces[proto.trainer_spec.unk_id].piece if proto.trainer_spec.unk_id >= 0 else None
+    backend.model = models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
+                               byte_fallback=proto.trainer_spec.byte_fallback)
+
+
+def _sentencepiece_prefix_rule(tok) -> None:
+    """Metaspace pre-tokenizer -> Prepend + Replace normalizer (SentencePiece's add_dummy_prefix)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return
+    from tokenizers import normalizers, pre_tokenizers
+
+    pre = backend.pre_tokenizer
+    if not isinstance(pre, pre_tokenizers.Metaspace) or pre.prepend_scheme == "never" or pre.split:
+        return
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend(pre.replacement),
+                                               normalizers.Replace(" ", pre.replacement)])
+    backend.pre_tokenizer = None
 
 
 def _generic_fast_tokenizer(path):

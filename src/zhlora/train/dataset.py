@@ -21,6 +21,7 @@ class EncodeStats:
     dropped_no_labels: int = 0
     label_tokens: int = 0
     tokens: int = 0
+    lost_label_tokens: int = 0  # label tokens that truncation at cutoff_len removed
 
 
 def encode_all(convs, template: ChatTemplate, tokenizer, cutoff_len: int, train_on: str = "all",
@@ -32,6 +33,9 @@ def encode_all(convs, template: ChatTemplate, tokenizer, cutoff_len: int, train_
     for conv in tqdm(convs, desc="tokenizing", disable=not progress or len(convs) < 2000):
         enc = template.encode(conv, tokenizer, cutoff_len=cutoff_len, train_on=train_on)
         n_labels = sum(1 for x in enc.labels if x != IGNORE_INDEX)
+        if enc.truncated or n_labels == 0:  # only these are encoded twice
+            full = template.encode(conv, tokenizer, cutoff_len=None, train_on=train_on)
+            st.lost_label_tokens += sum(1 for x in full.labels if x != IGNORE_INDEX) - n_labels
         if n_labels == 0:
             st.dropped_no_labels += 1
             continue

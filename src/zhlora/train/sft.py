@@ -23,8 +23,8 @@ from zhlora.errors import ZhloraError
 from zhlora.families import Family, family_for_config, fingerprint, read_config
 from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
 from zhlora.outputs import replace_dir
-from zhlora.runinfo import write_adapter_meta
-from zhlora.templates import get_template
+from zhlora.runinfo import write_adapter_meta, write_chat_template
+from zhlora.templates import template_for_model
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
 from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
@@ -127,6 +127,23 @@ def build_rows(convs, template, tokenizer, cfg: TrainConfig, family: Family):
     else:
         rows = ds.single_rows(enc)
     return rows, stats
+
+
+def say_template_cost(convs, template, tokenizer, stats, cutoff_len: int) -> None:
+    """What the template costs, before the first step: its tokens per record and what
+    cutoff_len cuts (a long English system prompt on a Chinese vocabulary can double a record)."""
+    from zhlora.data.stats import overhead_line, prompt_overhead
+
+    if not is_main_process():
+        return
+    say(f"template {template.name}: adds {overhead_line(prompt_overhead(convs, tokenizer, template))} "
+        "beyond the messages' text")
+    kept = stats.label_tokens + stats.lost_label_tokens
+    pct = 100.0 * stats.lost_label_tokens / kept if kept else 0.0
+    say(f"cutoff_len={cutoff_len}: truncates {stats.truncated} of {stats.samples + stats.dropped_no_labels} "
+        f"record(s), losing {stats.lost_label_tokens} of {kept} label tokens ({pct:.1f}%)"
+        + (f"; {stats.dropped_no_labels} record(s) kept no label token and were dropped"
+           if stats.dropped_no_labels else ""))
 
 
 def build_model(cfg: TrainConfig, family: Family, tokenizer):
@@ -250,9 +267,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     model_cfg = read_config(cfg.model)
     family = family_for_config(model_cfg, cfg.model)
     tokenizer = load_tokenizer(cfg.model)
-    template_name = cfg.template or family.default_template(model_cfg)
-    template = get_template(template_name)
-    say(f"model: {cfg.model} (family {family.name}, template {template_name})")
+    choice = template_for_model(cfg.model, cfg.template)
+    template_name, template = choice.name, choice.template
+    say(f"model: {cfg.model} (family {family.name}); template: {choice}")
     convs, data_summary = load_data(cfg)
     train_convs, eval_convs = split_eval(convs, cfg.eval_ratio, cfg.seed)
     train_rows, stats = build_rows(train_convs, template, tokenizer, cfg, family)
@@ -263,6 +280,7 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     say(f"data: {stats.samples} training samples -> {len(train_rows)} rows"
         f"{' (packed)' if cfg.packing else ''}, {stats.label_tokens} response tokens, "
         f"{stats.truncated} truncated at cutoff_len={cfg.cutoff_len}, {len(eval_convs)} held out")
+    say_template_cost(train_convs, template, tokenizer, stats, cfg.cutoff_len)
     model, resized = build_model(cfg, family, tokenizer)
     trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
     if plan.resume_from:
@@ -288,8 +306,7 @@ def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, k
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(plan.partial))
-        if save_tokenizer:
-            tokenizer.save_pretrained(str(plan.partial))
+        write_chat_template(plan.partial, meta["template"], tokenizer if save_tokenizer else None)
         write_adapter_meta(plan.partial, meta)
         history = trainer.state.log_history
         (plan.partial / "train_log.jsonl").write_text(

@@ -1,12 +1,15 @@
 """Chat templates of the ChatGLM family, registered in zhlora's template registry.
 
-- `chatglm` (ChatGLM-6B): history rendered as text, exactly like THUDM's ptuning/main.py with a
-  history column: `[Round 0]\\n问：q0\\n答：a0\\n[Round 1]\\n问：q1\\n答：` -> `X [gMASK] <sop> Y <eop>`;
+- `chatglm` (ChatGLM-6B): history rendered as text, exactly like THUDM's `chat()`:
+  `[Round 0]\\n问：q0\\n答：a0\\n[Round 1]\\n问：q1\\n答：` -> `X [gMASK] <sop> Y <eop>`, and a
+  question without history as the bare query;
   only `Y <eop>` is trained (not `<sop>`), so a multi-turn conversation trains its last answer.
 - `chatglm2` (ChatGLM2-6B): `[gMASK] sop X Y </s>` with X = `[Round 1]\\n\\n问：q\\n\\n答：` (history
   as text, rounds from 1, as `tokenizer.build_prompt`); only `Y </s>` is trained.
 - `chatglm3` (ChatGLM3-6B): role tokens, `[gMASK] sop <|user|>\\n q <|assistant|>\\n a <|user|>...`;
-  the end of an answer is the next `<|user|>` (as the `glm4` template does).
+  the end of an answer is the next `<|user|>` (as the `glm4` template does). Each message is
+  encoded on its own, as THUDM's `build_chat_input` does (its Jinja's space after `\\n` only
+  approximates this).
 The prompt text X is encoded in one piece (SentencePiece puts a word-start mark at the start
 of every separately encoded string, so splitting it would change the ids).
 """
@@ -27,6 +30,7 @@ class RoundTextTemplate(ChatTemplate):
 
     history: str = ""           # one past round: {idx} {query} {answer}
     current: str = ""           # the asked round: {idx} {query}
+    single: str = ""            # a conversation with no history, when it differs from `current`
     before: tuple = ()          # tokens before the prompt text
     after: tuple = ()           # tokens between the prompt text and the answer
 
@@ -39,7 +43,8 @@ class RoundTextTemplate(ChatTemplate):
         text = text + "\n" if text else ""
         for i, (q, a) in enumerate(past[drop:], start=drop):
             text += self.history.format(idx=i + self.round_start, query=q, answer=a)
-        return text + self.current.format(idx=len(past) + self.round_start, query=query)
+        current = self.single if self.single and not past[drop:] else self.current
+        return text + current.format(idx=len(past) + self.round_start, query=query)
 
     def _ids(self, parts: tuple, tokenizer) -> list[int]:
         return [self._token_id(p, tokenizer) for p in parts]
@@ -96,6 +101,7 @@ register_template(RoundTextTemplate(
     user=("{content}",),
     history="[Round {idx}]\n问：{query}\n答：{answer}\n",
     current="[Round {idx}]\n问：{query}\n答：",
+    single="{query}",  # chat() with no history sends the bare query
     round_start=0,
     after=(Tok("[gMASK]"), Tok("<sop>")),
     assistant_end=(Tok("<eop>"),),
