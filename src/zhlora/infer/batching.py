@@ -1,4 +1,5 @@
-"""Group concurrent server requests into batched generate calls.
+"""Padded batches of prompt ids (`pad_rows`, `pad_id`), and the server's request grouping.
+
 
 Non-streaming requests that arrive while the engine is busy wait in a queue; the worker
 takes the oldest one plus every other waiting request with the same adapter and the same
@@ -10,8 +11,35 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from zhlora.infer.engine import Engine, GenerationOptions
+import torch
+
+from zhlora.infer.options import GenerationOptions
+
+if TYPE_CHECKING:
+    from zhlora.infer.engine import Engine
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its end-of-text id, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def pad_rows(rows: list[list[int]], pad: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """-> input_ids (B, T) and attention_mask (B, T), padded on the left (generation) or the
+    right (scoring: positions then run 0..len-1 in every row)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            ids[i, cols] = torch.tensor(r, dtype=torch.long)
+            mask[i, cols] = 1
+    return ids.to(device), mask.to(device)
 
 
 @dataclass
@@ -28,7 +56,7 @@ class _Job:
 
 
 class RequestBatcher:
-    def __init__(self, engine: Engine, max_batch: int = 8):
+    def __init__(self, engine: "Engine", max_batch: int = 8):
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.batches_run = 0     # for /health and the benchmark

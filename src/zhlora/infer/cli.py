@@ -64,16 +64,10 @@ def _gen_args(p) -> None:
 
 
 def parse_adapters(specs) -> dict[str, Path]:
-    """`NAME=DIR` or `DIR` (name = the folder's name) -> {name: folder}."""
-    out: dict[str, Path] = {}
-    for spec in ([specs] if isinstance(specs, str) else specs or []):
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).resolve().name, spec
-        if name in out:
-            raise ZhloraError(f"--adapter {spec}: the name {name!r} is used twice; write NAME=DIR")
-        out[name] = Path(path)
-    return out
+    """`NAME=DIR` or `DIR` (name = the folder's name) -> {name: folder} (see infer/adapters.py)."""
+    from zhlora.infer.adapters import parse_adapter_specs
+
+    return parse_adapter_specs(specs)
 
 
 def _overrides(args) -> dict:

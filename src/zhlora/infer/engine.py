@@ -32,9 +32,7 @@ decoding loop (GEC's constrained decoder).
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -42,75 +40,24 @@ import torch
 
 from zhlora.data.conversation import Conversation
 from zhlora.errors import ZhloraError
+from zhlora.infer.adapters import AdapterRecord
+from zhlora.infer.batching import pad_id, pad_rows
+from zhlora.infer.options import GenerationOptions
 from zhlora.infer.streaming import Completion, StopRules, TokenStream, generation_criteria
+from zhlora.progress import progress_bar
 
 __all__ = ["Engine", "GenerationOptions", "Completion", "TokenStream"]
-
-
-@dataclass
-class GenerationOptions:
-    """Decoding settings. `temperature` 0 means greedy; `stop` strings end the answer (not
-    included); `ignore_eos` keeps going past end-of-turn tokens (benchmarks, tests)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    ignore_eos: bool = False
-
-    def validated(self) -> "GenerationOptions":
-        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-                  (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
-        for ok, msg in checks:
-            if not ok:
-                raise ZhloraError(f"generation options: {msg}; got {self}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict | None, where: str = "generation") -> "GenerationOptions":
-        """Known keys of `d` (e.g. adapter metadata `generation`); unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        kept = {k: v for k, v in (d or {}).items() if k in names and v is not None}
-        try:
-            return cls(**kept).validated()
-        except TypeError as e:
-            raise ZhloraError(f"{where}: bad generation settings {kept} ({e})") from None
-
-    def replace(self, **changes) -> "GenerationOptions":
-        """A copy with the non-None `changes` applied."""
-        d = asdict(self)
-        d.update({k: v for k, v in changes.items() if v is not None})
-        return GenerationOptions(**d).validated()
-
-
-@dataclass
-class _AdapterInfo:
-    name: str
-    path: Path
-    meta: dict
 
 
 class Engine:
     """A loaded base model (optionally wrapped by PEFT with several adapters) + tokenizer."""
 
-    def __init__(self, model, tokenizer, base_template: str, adapters: list[_AdapterInfo],
-                 template_override: str | None = None, base_dir: Path | None = None):
-        from zhlora.templates import get_template
-
+    def __init__(self, model, tokenizer, base: AdapterRecord, adapters: list[AdapterRecord],
+                 base_dir: Path | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.base_dir = base_dir
-        self._adapters = {a.name: a for a in adapters}
-        self._templates = {None: get_template(template_override or base_template)}
-        self._defaults = {None: GenerationOptions()}
-        for a in adapters:
-            self._templates[a.name] = get_template(template_override or a.meta.get("template") or base_template)
-            self._defaults[a.name] = GenerationOptions.from_dict(a.meta.get("generation"),
-                                                                 f"{a.path}/zhlora_adapter.json: generation")
+        self._records: dict[str | None, AdapterRecord] = {None: base, **{a.name: a for a in adapters}}
         self._lock = threading.RLock()
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
@@ -122,34 +69,32 @@ class Engine:
         """Load the base once and plug in every adapter (name -> PEFT adapter folder)."""
         from zhlora.infer.loading import load_engine_parts
 
-        parts = load_engine_parts(model_dir, adapters or {}, dtype, device, allow_bin)
-        return cls(parts.model, parts.tokenizer, parts.base_template,
-                   [_AdapterInfo(n, p, m) for n, (p, m) in parts.adapters.items()],
-                   template_override=template, base_dir=parts.base_dir)
+        parts = load_engine_parts(model_dir, adapters or {}, template, dtype, device, allow_bin)
+        return cls(parts.model, parts.tokenizer, parts.base_record, parts.adapters, base_dir=parts.base.folder)
 
     # -- introspection -------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
-        return list(self._adapters)
+        return [n for n in self._records if n is not None]
+
+    def record(self, adapter: str | None) -> AdapterRecord:
+        """The adapter's record (None = the base): folder, metadata, template, defaults."""
+        if adapter not in self._records:
+            known = ", ".join(self.adapter_names) or "none loaded"
+            raise ZhloraError(f"unknown adapter {adapter!r}; loaded adapters: {known} "
+                              "(None = the base model)")
+        return self._records[adapter]
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def template_for(self, adapter: str | None):
-        self._check_adapter(adapter)
-        return self._templates[adapter]
+        return self.record(adapter).template
 
     def default_options(self, adapter: str | None = None) -> GenerationOptions:
         """The adapter's generation defaults (metadata `generation`), else the built-in ones."""
-        self._check_adapter(adapter)
-        return GenerationOptions(**asdict(self._defaults[adapter]))
-
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self._adapters:
-            known = ", ".join(self._adapters) or "none loaded"
-            raise ZhloraError(f"unknown adapter {adapter!r}; loaded adapters: {known} "
-                              "(None = the base model)")
+        return self.record(adapter).defaults.copy()
 
     # -- prompts -------------------------------------------------------------------
     def encode(self, conv: Conversation, adapter: str | None = None, max_new_tokens: int = 0) -> list[int]:
@@ -231,8 +176,8 @@ class Engine:
     # -- internals -----------------------------------------------------------------
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str | None):
-        self._check_adapter(adapter)
-        if not self._adapters:
+        self.record(adapter)
+        if len(self._records) == 1:
             yield
         elif adapter is None:
             with self.model.disable_adapter():
@@ -266,50 +211,3 @@ class Engine:
         if sample:  # a fresh config: the checkpoint's own sampling defaults do not leak in
             kw.update(temperature=opts.temperature, top_p=opts.top_p, top_k=0)
         return GenerationConfig(**kw)
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its end-of-text id, else 0."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def pad_rows(rows: list[list[int]], pad: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids (B, T) and attention_mask (B, T), padded on the left (generation) or the
-    right (scoring: positions then run 0..len-1 in every row)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
-            ids[i, cols] = torch.tensor(r, dtype=torch.long)
-            mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def grow(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, show: bool, unit: str = "prompt"):
-    """A tqdm bar on stderr, or a no-op when hidden; `bar.grow(n)` adds n to its total (work
-    found on the way)."""
-    if not show:
-        return _NoBar()
-    from tqdm import tqdm
-
-    class _Bar(tqdm):
-        def grow(self, n: int) -> None:
-            self.total += n
-            self.refresh()
-
-    return _Bar(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)

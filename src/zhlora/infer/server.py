@@ -54,6 +54,9 @@ class ServerStats:
 
 def model_table(engine: Engine, base_name: str) -> dict[str, str | None]:
     """Model id -> adapter name (None = base). `NAME` alone is an alias of `base:NAME`."""
+    if base_name in engine.adapter_names:
+        raise ZhloraError(f"--served-model-name {base_name!r} is also the name of an adapter, which would "
+                          "hide it; rename the adapter (NAME=DIR) or pass another --served-model-name")
     table: dict[str, str | None] = {base_name: None}
     for a in engine.adapter_names:
         table[f"{base_name}:{a}"] = a
