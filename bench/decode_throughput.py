@@ -57,7 +57,7 @@ def engines(base: Path, adapters: dict):
 
     plain = Engine.load(base, template="default")
     merged_model = PeftModel.from_pretrained(load_model(base), str(adapters["gec"])).merge_and_unload()
-    merged = Engine(merged_model, load_tokenizer(base), "default", [])
+    merged = Engine.from_model(merged_model, load_tokenizer(base), "default")
     with_adapter = Engine.load(base, adapters={"gec": adapters["gec"]})
     n_params = sum(p.numel() for p in merged_model.parameters())
     return plain, merged, with_adapter, n_params

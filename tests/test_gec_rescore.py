@@ -32,7 +32,7 @@ def test_no_margin_changes_every_position_that_has_candidates(engine):
 
 def test_progress_bar_counts_every_forward_row(engine, monkeypatch):
     """The bar ends full: 2 views x N sentences, plus the verification rows it adds on the way."""
-    import zhlora.infer.engine as eng
+    import zhlora.progress as eng
     from zhlora.gec.rescore import verify_rows
 
     bars = []

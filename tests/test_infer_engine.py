@@ -72,22 +72,3 @@ def test_infer_base_from_adapter_meta(infer_setup):
     eng = Engine.load(None, adapters={"gec": adapters["gec"]})
     assert eng.base_dir == base
     assert eng.template_for("gec").name == "alpaca"
-
-
-def test_infer_request_batcher_groups_by_adapter(engine):
-    """Requests waiting together are grouped by adapter+options; answers equal solo runs."""
-    import asyncio
-
-    from zhlora.infer.batching import RequestBatcher
-
-    batcher = RequestBatcher(engine, max_batch=8)
-    jobs = [("gec", PROMPTS[0]), ("poem", PROMPTS[1]), ("gec", PROMPTS[2]), ("poem", PROMPTS[3]),
-            (None, PROMPTS[0])]
-
-    async def run_all():
-        return await asyncio.gather(*[batcher.submit([engine.encode(convs([p])[0], a, 12)], a, GREEDY)
-                                      for a, p in jobs])
-
-    got = [r[0].text for r in asyncio.run(run_all())]
-    assert got == [engine.generate(convs([p]), a, GREEDY, batch_size=1)[0] for a, p in jobs]
-    assert (batcher.batches_run, batcher.prompts_run) == (3, 5)

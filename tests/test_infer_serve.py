@@ -24,7 +24,7 @@ def server(infer_setup, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = zhlora_cmd("serve", "--model", base, "--adapter", f"gec={adapters['gec']}",
                      "--adapter", f"poem={adapters['poem']}", "--port", port, "--api-key", KEY,
-                     "--max-concurrency", 2, "--max-tokens-cap", CAP)
+                     "--max-concurrency", 32, "--max-batch", 8, "--max-tokens-cap", CAP)
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=subprocess_env())
     try:
@@ -160,8 +160,8 @@ def _health(server) -> dict:
 
 
 def test_infer_serve_disconnect_frees_slot(server):
-    """Both slots (max-concurrency 2) are taken and dropped mid-stream; the generations are
-    cancelled (not run to max_tokens) and a later request still gets served."""
+    """Two streams are dropped mid-stream; the generations are cancelled (not run to
+    max_tokens), nothing stays in flight, and a later request still gets served."""
     before = _health(server)["cancelled_streams"]
     body = {"model": "base:gec", "messages": [{"role": "user", "content": "你好"}], "max_tokens": CAP,
             "stream": True, "ignore_eos": True}

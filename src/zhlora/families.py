@@ -129,7 +129,11 @@ _VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "a
 
 def fingerprint(model_dir: str | Path) -> dict:
     """Identity of a base model: config hash (volatile keys left out), vocab size, type."""
-    cfg = read_config(model_dir)
+    return config_fingerprint(read_config(model_dir))
+
+
+def config_fingerprint(cfg: dict) -> dict:
+    """`fingerprint` of an already read config.json."""
     core = {k: v for k, v in sorted(cfg.items()) if k not in _VOLATILE}
     digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
     return {"config_sha256": digest, "vocab_size": cfg.get("vocab_size") or cfg.get("padded_vocab_size"),

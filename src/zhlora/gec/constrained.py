@@ -100,7 +100,8 @@ def correct(engine, sources: list[str], adapter: str | None = None, margin: floa
 
     from zhlora.gec.confusion import load_confusion
     from zhlora.gec.prompt import gec_conversation
-    from zhlora.infer.engine import pad_id, pad_rows, progress_bar
+    from zhlora.infer.batching import pad_id, pad_rows
+    from zhlora.progress import progress_bar
 
     tok = engine.tokenizer
     require_char_vocab(tok, "confusion", sources)

@@ -68,7 +68,7 @@ class View:
 
 def _forward(model, rows: list[list[int]], pad: int) -> torch.Tensor:
     """Log-probabilities (B, T, V) of right-padded rows (positions are 0..len-1 either way)."""
-    from zhlora.infer.engine import pad_rows
+    from zhlora.infer.batching import pad_rows
 
     ids, mask = pad_rows(rows, pad, next(model.parameters()).device, side="right")
     return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1).cpu()
@@ -146,7 +146,8 @@ def correct_rescored(engine, sources: list[str], adapter: str | None = None,
     from zhlora.gec.confusion import load_confusion
     from zhlora.gec.constrained import build_choices, candidate_table, require_char_vocab
     from zhlora.gec.prompt import gec_conversation
-    from zhlora.infer.engine import pad_id, progress_bar
+    from zhlora.infer.batching import pad_id
+    from zhlora.progress import progress_bar
 
     opts = opts or RescoreOptions()
     opts.check()

@@ -30,11 +30,16 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*")
-    p.add_argument("--max-concurrency", type=int, default=4)
+    p.add_argument("--max-concurrency", type=int, default=64,
+                   help="requests in flight (running + queued); past it a request gets 429")
     p.add_argument("--max-tokens-cap", type=int, default=2048, help="largest max_tokens a request may ask")
     p.add_argument("--served-model-name", default="base", help="model id of the base (adapters: NAME:ADAPTER)")
-    p.add_argument("--max-batch", type=int, default=8,
-                   help="most prompts of concurrent requests (same adapter and options) run as one batch")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="most sequences (any adapters, streaming or not) decoded together in one batch")
+    p.add_argument("--max-loras", type=int, default=None,
+                   help="most adapters in memory at once; others load from their folders when asked (LRU)")
+    p.add_argument("--allow-adapter-loading", action="store_true",
+                   help="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter (reads server paths)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("webui", help="gradio chat page (needs the optional extra: pip install 'zhlora[webui]')")
@@ -64,16 +69,10 @@ def _gen_args(p) -> None:
 
 
 def parse_adapters(specs) -> dict[str, Path]:
-    """`NAME=DIR` or `DIR` (name = the folder's name) -> {name: folder}."""
-    out: dict[str, Path] = {}
-    for spec in ([specs] if isinstance(specs, str) else specs or []):
-        name, sep, path = spec.partition("=")
-        if not sep:
-            name, path = Path(spec).resolve().name, spec
-        if name in out:
-            raise ZhloraError(f"--adapter {spec}: the name {name!r} is used twice; write NAME=DIR")
-        out[name] = Path(path)
-    return out
+    """`NAME=DIR` or `DIR` (name = the folder's name) -> {name: folder} (see infer/adapters.py)."""
+    from zhlora.infer.adapters import parse_adapter_specs
+
+    return parse_adapter_specs(specs)
 
 
 def _overrides(args) -> dict:
@@ -81,7 +80,7 @@ def _overrides(args) -> dict:
             "repetition_penalty": args.repetition_penalty, "seed": args.seed}
 
 
-def _engine(args, adapters: dict):
+def _engine(args, adapters: dict, **kw):
     from transformers.utils import logging as hf_logging
 
     from zhlora.infer.engine import Engine
@@ -89,7 +88,7 @@ def _engine(args, adapters: dict):
     hf_logging.disable_progress_bar()  # "Loading weights" bars would mix with chat output
 
     return Engine.load(args.model, adapters=adapters, template=args.template, dtype=args.dtype,
-                       device=args.device, allow_bin=args.allow_bin)
+                       device=args.device, allow_bin=args.allow_bin, **kw)
 
 
 def cmd_chat(args) -> int:
@@ -116,11 +115,11 @@ def cmd_predict(args) -> int:
 def cmd_serve(args) -> int:
     from zhlora.infer.server import ServeConfig, serve
 
-    if args.max_concurrency < 1 or args.max_tokens_cap < 1:
-        raise ZhloraError("--max-concurrency and --max-tokens-cap must be >= 1")
-    engine = _engine(args, parse_adapters(args.adapter))
-    serve(engine, ServeConfig(args.host, args.port, args.api_key, args.max_concurrency,
-                              args.max_tokens_cap, args.served_model_name, args.max_batch))
+    if min(args.max_concurrency, args.max_tokens_cap, args.max_batch, args.max_loras or 1) < 1:
+        raise ZhloraError("--max-concurrency, --max-tokens-cap, --max-batch and --max-loras must be >= 1")
+    engine = _engine(args, parse_adapters(args.adapter), max_batch=args.max_batch, max_loras=args.max_loras)
+    serve(engine, ServeConfig(args.host, args.port, args.api_key, args.max_concurrency, args.max_tokens_cap,
+                              args.served_model_name, args.max_batch, args.allow_adapter_loading))
     return 0
 
 

@@ -4,7 +4,7 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 
     from zhlora.infer.engine import Engine, GenerationOptions
     eng = Engine.load(model_dir, adapters={"gec": "/path/adapter"}, template=None,
-                      dtype="auto", device=None, allow_bin=False)
+                      dtype="auto", device=None, allow_bin=False, max_batch=8, max_loras=None)
     eng.adapter_names                      # ["gec", ...]
     eng.generate(convs, adapter=None, options=None, batch_size=8, progress=False) -> list[str]
     eng.stream(conv, adapter=None, options=None) -> Iterator[str]     # text pieces as generated
@@ -12,29 +12,28 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
                       repetition_penalty=1.0)          # temperature 0 => greedy
 
 - `model_dir=None` takes the base from the first adapter's metadata (`base_model`).
-- `adapter=None` is the base model (PEFT's `disable_adapter()`); a name switches the PEFT
-  adapter in place (`set_adapter`), the base is loaded once.
+- `adapter=None` is the base model; a name routes the request to that PEFT adapter. The base
+  is loaded once; at most `max_loras` adapters are in memory (least recently used leave).
 - Each adapter keeps its own chat template (its metadata `template`, else the family
   default; `template=` overrides all) and its own default `GenerationOptions` (metadata
   `generation`), used when `options` is None.
-- `generate` sorts prompts by length, runs batches with left padding and returns the answers
-  in the original order; greedy batched output equals one-by-one output.
-- Thread safety: adapter switching is global state on the model, so every generation holds
-  one lock for the whole call; concurrent callers are served one after another, each with
-  its own adapter.
+- Every generation goes through one scheduler (`scheduler.py`): requests of any adapter,
+  from any thread, run together in one batch, joining and leaving at token boundaries.
+  Greedy output does not depend on what shares the batch (`decoding.py`).
 
 Lower level (used by the server): `encode(conv, adapter)`, `encode_text(text)`,
-`complete(prompt_ids, ...) -> list[Completion]` (text, token counts, finish reason) and
-`open_stream(prompt_ids, ...)` (a `TokenStream` that can be cancelled), and
+`complete(prompt_ids, ...) -> list[Completion]` (text, token counts, finish reason),
+`open_stream(prompt_ids, ...)` (a `TokenStream` that can be cancelled), `submit(...)` (a
+scheduler `Sequence` with a future), `load_adapter` / `unload_adapter` while serving, and
 `using(adapter)`, a context that holds the model with that adapter active for a custom
-decoding loop (GEC's constrained decoder).
+decoding loop (GEC's constrained decoder); the scheduler waits meanwhile.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import sys
 import threading
-from dataclasses import asdict, dataclass, field, fields
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -42,114 +41,74 @@ import torch
 
 from zhlora.conversation import Conversation
 from zhlora.errors import ZhloraError
-from zhlora.infer.streaming import Completion, StopRules, TokenStream, generation_criteria
+from zhlora.infer.adapters import AdapterRecord, BaseModel
+from zhlora.infer.batching import pad_id, pad_rows  # noqa: F401  (re-exported for old callers)
+from zhlora.infer.options import GenerationOptions
+from zhlora.infer.registry import AdapterRegistry
+from zhlora.infer.scheduler import Scheduler, Sequence
+from zhlora.infer.streaming import Completion, StopRules, TokenStream
+from zhlora.progress import progress_bar
 
 __all__ = ["Engine", "GenerationOptions", "Completion", "TokenStream"]
-
-
-@dataclass
-class GenerationOptions:
-    """Decoding settings. `temperature` 0 means greedy; `stop` strings end the answer (not
-    included); `ignore_eos` keeps going past end-of-turn tokens (benchmarks, tests)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    ignore_eos: bool = False
-
-    def validated(self) -> "GenerationOptions":
-        checks = [(self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-                  (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
-                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-                  (self.repetition_penalty > 0, "repetition_penalty must be > 0")]
-        for ok, msg in checks:
-            if not ok:
-                raise ZhloraError(f"generation options: {msg}; got {self}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict | None, where: str = "generation") -> "GenerationOptions":
-        """Known keys of `d` (e.g. adapter metadata `generation`); unknown keys are ignored."""
-        names = {f.name for f in fields(cls)}
-        kept = {k: v for k, v in (d or {}).items() if k in names and v is not None}
-        try:
-            return cls(**kept).validated()
-        except TypeError as e:
-            raise ZhloraError(f"{where}: bad generation settings {kept} ({e})") from None
-
-    def replace(self, **changes) -> "GenerationOptions":
-        """A copy with the non-None `changes` applied."""
-        d = asdict(self)
-        d.update({k: v for k, v in changes.items() if v is not None})
-        return GenerationOptions(**d).validated()
-
-
-@dataclass
-class _AdapterInfo:
-    name: str
-    path: Path
-    meta: dict
 
 
 class Engine:
     """A loaded base model (optionally wrapped by PEFT with several adapters) + tokenizer."""
 
-    def __init__(self, model, tokenizer, base_template: str, adapters: list[_AdapterInfo],
-                 template_override: str | None = None, base_dir: Path | None = None):
-        from zhlora.templates import get_template
-
-        self.model = model.eval()
+    def __init__(self, model, tokenizer, base: AdapterRecord, adapters: list[AdapterRecord],
+                 base_dir: Path | None = None, base_model: BaseModel | None = None,
+                 template: str | None = None, max_batch: int = 8, max_loras: int | None = None):
         self.tokenizer = tokenizer
         self.base_dir = base_dir
-        self._adapters = {a.name: a for a in adapters}
-        self._templates = {None: get_template(template_override or base_template)}
-        self._defaults = {None: GenerationOptions()}
-        for a in adapters:
-            self._templates[a.name] = get_template(template_override or a.meta.get("template") or base_template)
-            self._defaults[a.name] = GenerationOptions.from_dict(a.meta.get("generation"),
-                                                                 f"{a.path}/zhlora_adapter.json: generation")
-        self._lock = threading.RLock()
+        self.adapters = AdapterRegistry(model.eval(), tokenizer, base_model, base, adapters, template, max_loras)
+        self.lock = threading.RLock()
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.scheduler = Scheduler(self, max_batch)
 
     # -- loading -------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
              template: str | None = None, dtype: str = "auto", device: str | None = None,
-             allow_bin: bool = False) -> "Engine":
-        """Load the base once and plug in every adapter (name -> PEFT adapter folder)."""
+             allow_bin: bool = False, max_batch: int = 8, max_loras: int | None = None) -> "Engine":
+        """Load the base once and plug in the adapters (name -> PEFT adapter folder); with
+        `max_loras`, only the first that many are loaded now, the others on first use."""
         from zhlora.infer.loading import load_engine_parts
 
-        parts = load_engine_parts(model_dir, adapters or {}, dtype, device, allow_bin)
-        return cls(parts.model, parts.tokenizer, parts.base_template,
-                   [_AdapterInfo(n, p, m) for n, (p, m) in parts.adapters.items()],
-                   template_override=template, base_dir=parts.base_dir)
+        parts = load_engine_parts(model_dir, adapters or {}, template, dtype, device, allow_bin, max_loras)
+        return cls(parts.model, parts.tokenizer, parts.base_record, parts.adapters, base_dir=parts.base.folder,
+                   base_model=parts.base, template=template, max_batch=max_batch, max_loras=max_loras)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, template: str, **kw) -> "Engine":
+        """An engine over an already loaded model without adapters (benchmarks, merged models)."""
+        from zhlora.infer.adapters import AdapterRecord
+        from zhlora.templates import get_template
+
+        return cls(model, tokenizer, AdapterRecord(None, None, template=get_template(template)), [], **kw)
 
     # -- introspection -------------------------------------------------------------
     @property
+    def model(self):
+        return self.adapters.model
+
+    @property
     def adapter_names(self) -> list[str]:
-        return list(self._adapters)
+        return self.adapters.names
+
+    def record(self, adapter: str | None) -> AdapterRecord:
+        """The adapter's record (None = the base): folder, metadata, template, defaults."""
+        return self.adapters.get(adapter)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def template_for(self, adapter: str | None):
-        self._check_adapter(adapter)
-        return self._templates[adapter]
+        return self.record(adapter).template
 
     def default_options(self, adapter: str | None = None) -> GenerationOptions:
         """The adapter's generation defaults (metadata `generation`), else the built-in ones."""
-        self._check_adapter(adapter)
-        return GenerationOptions(**asdict(self._defaults[adapter]))
-
-    def _check_adapter(self, adapter: str | None) -> None:
-        if adapter is not None and adapter not in self._adapters:
-            known = ", ".join(self._adapters) or "none loaded"
-            raise ZhloraError(f"unknown adapter {adapter!r}; loaded adapters: {known} "
-                              "(None = the base model)")
+        return self.record(adapter).defaults.copy()
 
     # -- prompts -------------------------------------------------------------------
     def encode(self, conv: Conversation, adapter: str | None = None, max_new_tokens: int = 0) -> list[int]:
@@ -178,20 +137,41 @@ class Engine:
                  options: GenerationOptions | None = None, batch_size: int = 8,
                  progress: bool = False, stop_ids: list[int] | None = None,
                  cancel: threading.Event | None = None) -> list[Completion]:
-        """Batched generation from prompt ids: longest first, left padding, original order."""
+        """Generation from prompt ids, at most `batch_size` of them in flight at once (with
+        whatever else the scheduler runs), answers in the original order."""
         opts = (options or self.default_options(adapter)).validated()
-        rules = StopRules(self.tokenizer, self.stop_ids(adapter) if stop_ids is None else stop_ids,
-                          opts.stop, opts.ignore_eos)
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        out: list[Completion | None] = [None] * len(prompts)
         bar = progress_bar(len(prompts), progress)
-        for start in range(0, len(order), max(1, batch_size)):
-            idx = order[start:start + max(1, batch_size)]
-            for i, c in zip(idx, self._run_batch([prompts[i] for i in idx], adapter, opts, rules, cancel)):
-                out[i] = c
-            bar.update(len(idx))
+        seqs: list[Sequence] = []
+        pending: set = set()
+        for prompt in prompts:
+            if len(pending) >= max(1, batch_size):
+                pending = self._wait_one(pending, bar)
+            seqs.append(self.submit(prompt, adapter, opts, stop_ids, cancel=cancel))
+            pending.add(seqs[-1].future)
+        while pending:
+            pending = self._wait_one(pending, bar)
         bar.close()
-        return out  # type: ignore[return-value]
+        return [s.future.result() for s in seqs]
+
+    @staticmethod
+    def _wait_one(pending: set, bar) -> set:
+        done, rest = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        bar.update(len(done))
+        return rest
+
+    def submit(self, prompt: list[int], adapter: str | None, options: GenerationOptions,
+               stop_ids: list[int] | None = None, sink=None, cancel: threading.Event | None = None) -> Sequence:
+        """Queue one prompt for the scheduler -> its `Sequence` (`.future` -> Completion)."""
+        seq = Sequence(prompt, adapter, options.validated(), self._rules(adapter, options, stop_ids), sink)
+        if cancel is not None:
+            seq.cancel = cancel
+        if sink is not None:
+            seq.cancel = sink.cancel
+        return self.scheduler.submit(seq)
+
+    def _rules(self, adapter, opts: GenerationOptions, stop_ids) -> StopRules:
+        ids = self.stop_ids(adapter) if stop_ids is None else stop_ids
+        return StopRules(self.tokenizer, ids, opts.stop, opts.ignore_eos)
 
     def stream(self, conv: Conversation, adapter: str | None = None,
                options: GenerationOptions | None = None,
@@ -203,113 +183,48 @@ class Engine:
 
     def open_stream(self, prompt: list[int], adapter: str | None = None,
                     options: GenerationOptions | None = None, stop_ids: list[int] | None = None,
-                    cancel: threading.Event | None = None) -> TokenStream:
-        """Start generating in a background thread; iterate the result for text pieces and
-        read `.completion` afterwards (finish reason, token counts)."""
+                    cancel: threading.Event | None = None, stream_cls=TokenStream) -> TokenStream:
+        """Start generating; iterate the result for text pieces and read `.completion`
+        afterwards (finish reason, token counts)."""
         opts = (options or self.default_options(adapter)).validated()
-        rules = StopRules(self.tokenizer, self.stop_ids(adapter) if stop_ids is None else stop_ids,
-                          opts.stop, opts.ignore_eos)
-        stream = TokenStream(rules, len(prompt), cancel)
-
-        def work():
-            try:
-                done = self._run_batch([prompt], adapter, opts, rules, stream.cancel, streamer=stream)
-                stream.finish(done[0])
-            except BaseException as e:  # handed to the reading thread
-                stream.fail(e)
-
-        threading.Thread(target=work, daemon=True, name="zhlora-stream").start()
+        stream = stream_cls(self._rules(adapter, opts, stop_ids), len(prompt), cancel)
+        self.submit(prompt, adapter, opts, stop_ids, sink=stream)
         return stream
+
+    # -- adapters while serving -------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> AdapterRecord:
+        """Add an adapter from its folder (checked against the base); nothing changes on error."""
+        with self.lock:
+            return self.adapters.add(name, path, busy=self.scheduler.busy_adapters())
+
+    def unload_adapter(self, name: str, timeout: float = 600.0) -> None:
+        """Refuse new requests for `name`, wait for its requests to finish, free its weights."""
+        with self.lock:
+            self.adapters.forget(name)
+        deadline = time.monotonic() + timeout
+        while self.scheduler.in_use(name) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self.lock:
+            self.adapters.drop(name)
 
     @contextlib.contextmanager
     def using(self, adapter: str | None = None):
         """Hold the model with `adapter` active (None = base) for custom decoding loops:
         takes the engine lock, switches the adapter, and runs under inference_mode."""
-        with self._lock, self._adapter_active(adapter), torch.inference_mode():
+        with self.lock, self._adapter_active(adapter), torch.inference_mode():
             yield self.model
 
-    # -- internals -----------------------------------------------------------------
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str | None):
-        self._check_adapter(adapter)
-        if not self._adapters:
+        self.record(adapter)
+        model = self.model
+        if not hasattr(model, "peft_config"):
             yield
         elif adapter is None:
-            with self.model.disable_adapter():
+            with model.disable_adapter():
                 yield
         else:
-            self.model.set_adapter(adapter)
+            if not self.adapters.make_resident(adapter, busy=self.scheduler.busy_adapters()):
+                raise ZhloraError(f"adapter {adapter!r} cannot be loaded now: every --max-loras slot is busy")
+            model.set_adapter(adapter)
             yield
-
-    def _run_batch(self, rows: list[list[int]], adapter: str | None, opts: GenerationOptions,
-                   rules: StopRules, cancel: threading.Event | None, streamer=None) -> list[Completion]:
-        ids, mask = pad_rows(rows, pad_id(self.tokenizer), self.device)  # (B, T), (B, T)
-        config = self._generation_config(opts, rules)
-        criteria = generation_criteria(rules, ids.shape[1], cancel)
-        with self.using(adapter):
-            if opts.seed is not None:
-                torch.manual_seed(opts.seed)
-            seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                       stopping_criteria=criteria, streamer=streamer)
-        new = seqs[:, ids.shape[1]:].tolist()  # (B, new_tokens)
-        cancelled = cancel is not None and cancel.is_set()
-        return [rules.finish(row, len(p), opts.max_new_tokens, cancelled) for row, p in zip(new, rows)]
-
-    def _generation_config(self, opts: GenerationOptions, rules: StopRules):
-        from transformers import GenerationConfig
-
-        sample = opts.temperature > 0
-        kw = dict(max_new_tokens=opts.max_new_tokens, do_sample=sample,
-                  pad_token_id=pad_id(self.tokenizer),
-                  eos_token_id=None if opts.ignore_eos else (rules.stop_ids or None),
-                  repetition_penalty=opts.repetition_penalty, use_cache=True)
-        if sample:  # a fresh config: the checkpoint's own sampling defaults do not leak in
-            kw.update(temperature=opts.temperature, top_p=opts.top_p, top_k=0)
-        return GenerationConfig(**kw)
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its end-of-text id, else 0."""
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def pad_rows(rows: list[list[int]], pad: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> input_ids (B, T) and attention_mask (B, T), padded on the left (generation) or the
-    right (scoring: positions then run 0..len-1 in every row)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
-            ids[i, cols] = torch.tensor(r, dtype=torch.long)
-            mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def grow(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, show: bool, unit: str = "prompt"):
-    """A tqdm bar on stderr, or a no-op when hidden; `bar.grow(n)` adds n to its total (work
-    found on the way)."""
-    if not show:
-        return _NoBar()
-    from tqdm import tqdm
-
-    class _Bar(tqdm):
-        def grow(self, n: int) -> None:
-            self.total += n
-            self.refresh()
-
-    return _Bar(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)

@@ -5,92 +5,68 @@ does not give them: an adapter folder describes itself (`zhlora_adapter.json`).
 """
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhlora.errors import ZhloraError
-from zhlora.families import family_of, fingerprint
+from zhlora.infer.adapters import AdapterRecord, BaseModel, base_record, read_adapter
 from zhlora.models.loading import load_model, load_tokenizer
-from zhlora.runinfo import adapter_has_tokenizer, read_adapter_meta
-from zhlora.templates import template_for_model
+from zhlora.runinfo import adapter_has_tokenizer
 
 
 @dataclass
 class EngineParts:
     model: object
     tokenizer: object
-    base_dir: Path
-    base_template: str
-    adapters: dict[str, tuple[Path, dict]] = field(default_factory=dict)  # name -> (folder, meta)
+    base: BaseModel
+    base_record: AdapterRecord
+    adapters: list[AdapterRecord] = field(default_factory=list)
 
 
-def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allow_bin=False) -> EngineParts:
-    metas = {name: (Path(p), _read_meta(name, p)) for name, p in adapters.items()}
-    base = _resolve_base(model_dir, metas)
-    family_of(base)  # an unsupported model fails here, before any weights are read
-    for name, (path, meta) in metas.items():
-        _check_fingerprint(base, path, meta)
-    tokenizer = load_tokenizer(_tokenizer_folder(base, metas))
-    model = load_model(base, dtype=dtype, device=device, allow_bin=allow_bin)
-    _resize_for_adapters(model, metas)
-    model = _plug_adapters(model, metas)
+def load_engine_parts(model_dir, adapters: dict, template: str | None = None, dtype="auto", device=None,
+                      allow_bin=False, max_loras: int | None = None) -> EngineParts:
+    """`adapters`: name -> folder. Every adapter is checked against the base; the first
+    `max_loras` (all when None) are loaded now."""
+    unbound = [read_adapter(name, p) for name, p in adapters.items()]
+    base = BaseModel.read(_resolve_base(model_dir, unbound))
+    records = [r.bound_to(base, template) for r in unbound]
+    tokenizer = load_tokenizer(_tokenizer_folder(base.folder, records))
+    model = load_model(base.folder, dtype=dtype, device=device, allow_bin=allow_bin)
+    _resize_for_adapters(model, records)
+    model = _plug_adapters(model, records[:max_loras] if max_loras else records)
     if device:
         model.to(device)
-    return EngineParts(model, tokenizer, base, template_for_model(base).name, metas)
+    return EngineParts(model, tokenizer, base, base_record(base, template), records)
 
 
-def _read_meta(name: str, path) -> dict:
-    if not name or "=" in name or ":" in name:
-        raise ZhloraError(f"adapter name {name!r} for {path}: use a plain name (letters, digits, -, _)")
-    if not Path(path).is_dir():
-        raise ZhloraError(f"adapter {name!r}: folder {path} does not exist")
-    return read_adapter_meta(path)
-
-
-def _resolve_base(model_dir, metas: dict) -> Path:
+def _resolve_base(model_dir, records: list[AdapterRecord]) -> Path:
     if model_dir:
         return Path(model_dir)
-    for name, (path, meta) in metas.items():
-        if meta.get("base_model"):
-            base = Path(meta["base_model"])
+    for r in records:
+        if r.meta.get("base_model"):
+            base = Path(r.meta["base_model"])
             if not (base / "config.json").is_file():
-                raise ZhloraError(f"{path}/zhlora_adapter.json: base_model {base} is not a model "
+                raise ZhloraError(f"{r.path}/zhlora_adapter.json: base_model {base} is not a model "
                                   "folder here; pass --model with the base model's folder")
             return base
     raise ZhloraError("no base model: pass --model DIR (no adapter names its base_model)")
 
 
-def _check_fingerprint(base: Path, path: Path, meta: dict) -> None:
-    """Refuse an adapter trained on another architecture; warn when only the config differs."""
-    want = meta.get("base_fingerprint")
-    if not want:
-        return
-    have = fingerprint(base)
-    for key in ("model_type", "vocab_size"):
-        if want.get(key) is not None and want.get(key) != have.get(key):
-            raise ZhloraError(f"{path}: adapter was trained on a base with {key}={want.get(key)!r} but "
-                              f"{base} has {key}={have.get(key)!r}; pass the matching --model")
-    if want.get("config_sha256") and want["config_sha256"] != have["config_sha256"]:
-        print(f"warning: {path} was trained on a base whose config differs from {base} "
-              f"(fingerprint {want['config_sha256']} vs {have['config_sha256']})", file=sys.stderr)
-
-
-def _tokenizer_folder(base: Path, metas: dict) -> Path:
+def _tokenizer_folder(base: Path, records: list[AdapterRecord]) -> Path:
     """An adapter that extended the vocabulary carries its tokenizer; all must agree."""
-    own = [(n, p) for n, (p, _) in metas.items() if adapter_has_tokenizer(p)]
+    own = [r for r in records if adapter_has_tokenizer(r.path)]
     if not own:
         return base
-    sizes = {len(load_tokenizer(p)) for _, p in own}
-    if len(sizes) > 1 or len(own) < len(metas):
-        raise ZhloraError(f"adapters {', '.join(n for n, _ in own)} carry their own (extended) tokenizer "
+    sizes = {len(load_tokenizer(r.path)) for r in own}
+    if len(sizes) > 1 or len(own) < len(records):
+        raise ZhloraError(f"adapters {', '.join(r.name for r in own)} carry their own (extended) tokenizer "
                           "and the others do not match it; serve them from separate processes")
-    return own[0][1]
+    return own[0].path
 
 
-def _resize_for_adapters(model, metas: dict) -> None:
-    sizes = {(m.get("resized_vocab") or {}).get("to") for _, m in metas.values()} - {None}
+def _resize_for_adapters(model, records: list[AdapterRecord]) -> None:
+    sizes = {(r.meta.get("resized_vocab") or {}).get("to") for r in records} - {None}
     if len(sizes) > 1:
         raise ZhloraError(f"adapters need different vocabulary sizes {sorted(sizes)}; "
                           "serve them from separate processes")
@@ -98,24 +74,25 @@ def _resize_for_adapters(model, metas: dict) -> None:
         model.resize_token_embeddings(sizes.pop())
 
 
-def _plug_adapters(model, metas: dict):
+def _plug_adapters(model, records: list[AdapterRecord]):
     """Wrap the base with PEFT: the first adapter creates the PeftModel, the others join it."""
     peft_model = None
-    for name, (path, _) in metas.items():
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT calls deprecated HF names
-            peft_model = _load_one(peft_model, model, name, path)
+    for r in records:
+        peft_model = load_adapter_weights(peft_model, model, r)
     return peft_model or model
 
 
-def _load_one(peft_model, base, name: str, path: Path):
+def load_adapter_weights(peft_model, base, rec: AdapterRecord):
+    """Plug `rec` into `peft_model` (or wrap `base` when there is none yet) -> the PeftModel."""
     from peft import PeftModel
 
     try:
-        if peft_model is None:
-            return PeftModel.from_pretrained(base, str(path), adapter_name=name, is_trainable=False)
-        peft_model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        return peft_model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT calls deprecated HF names
+            if peft_model is None:
+                return PeftModel.from_pretrained(base, str(rec.path), adapter_name=rec.name, is_trainable=False)
+            peft_model.load_adapter(str(rec.path), adapter_name=rec.name, is_trainable=False)
+            return peft_model
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ZhloraError(f"adapter {name!r} at {path} does not fit the base model: {e}. "
+        raise ZhloraError(f"adapter {rec.name!r} at {rec.path} does not fit the base model: {e}. "
                           "Check that --model is the base it was trained on") from None

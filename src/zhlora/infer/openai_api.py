@@ -64,6 +64,14 @@ def _field(body: dict, key: str, types, default=None, required: bool = False):
     return v
 
 
+def text_field(body: dict, key: str) -> str:
+    """A required non-empty string field."""
+    v = _field(body, key, str, required=True)
+    if not v:
+        raise APIError(400, f"'{key}' must not be empty", param=key, code="invalid_value")
+    return v
+
+
 def _as_tuple(types) -> tuple:
     return types if isinstance(types, tuple) else (types,)
 

@@ -1,12 +1,14 @@
 """`zhlora serve`: an OpenAI-compatible HTTP server over one `Engine`.
 
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (both with
-`stream`), GET /health. The request's `model` picks the adapter: `base` is the base model,
-`base:NAME` (or just `NAME`) the adapter NAME. At most `max_concurrency` requests generate
-or wait for the engine at once. The engine runs one generation at a time, so requests for
-different adapters never mix; waiting non-streaming requests with the same adapter and
-options are generated together as one batch (`batching.py`). A streaming client that disconnects frees its slot and its
-generation stops at the next token.
+`stream`), POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's API; only with
+`--allow-adapter-loading`), GET /health, GET /metrics (Prometheus). The request's `model`
+picks the adapter: `base` is the base model, `base:NAME` (or just `NAME`) the adapter NAME.
+
+Every request, streaming or not, of any adapter, goes to the engine's one scheduler, which
+runs them in one continuous batch (`scheduler.py`). At most `max_concurrency` requests are
+in flight (running or queued); past that a request gets 429 at once. A streaming client that
+disconnects frees its batch slot at the next token.
 """
 from __future__ import annotations
 
@@ -18,13 +20,14 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the string annotations here
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from zhlora.errors import ZhloraError
 from zhlora.infer import openai_api as oa
-from zhlora.infer.batching import RequestBatcher
 from zhlora.infer.engine import Engine
+from zhlora.infer.metrics import ServeMetrics
+from zhlora.infer.streaming import AsyncTokenStream
 
 
 @dataclass
@@ -32,15 +35,16 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    max_concurrency: int = 4
+    max_concurrency: int = 64    # requests in flight (running + queued); more get 429
     max_tokens_cap: int = 2048
     base_name: str = "base"
-    max_batch: int = 8           # concurrent non-streaming requests generated as one batch
+    max_batch: int | None = None  # sequences in one batch (None: the engine's own setting)
+    allow_adapter_loading: bool = False
 
 
 @dataclass
 class ServerStats:
-    """Counters shown by GET /health (streams that finished, by reason; slots in use)."""
+    """Counters shown by GET /health (streams that finished, by reason; requests in flight)."""
     active: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -54,6 +58,9 @@ class ServerStats:
 
 def model_table(engine: Engine, base_name: str) -> dict[str, str | None]:
     """Model id -> adapter name (None = base). `NAME` alone is an alias of `base:NAME`."""
+    if base_name in engine.adapter_names:
+        raise ZhloraError(f"--served-model-name {base_name!r} is also the name of an adapter, which would "
+                          "hide it; rename the adapter (NAME=DIR) or pass another --served-model-name")
     table: dict[str, str | None] = {base_name: None}
     for a in engine.adapter_names:
         table[f"{base_name}:{a}"] = a
@@ -64,9 +71,12 @@ def model_table(engine: Engine, base_name: str) -> dict[str, str | None]:
 
 def create_app(engine: Engine, cfg: ServeConfig):
     app = FastAPI(title="zhlora", docs_url=None, redoc_url=None)
-    models = model_table(engine, cfg.base_name)
-    state = _State(engine, cfg, models, asyncio.Semaphore(cfg.max_concurrency), ServerStats(),
-                   RequestBatcher(engine, cfg.max_batch))
+    model_table(engine, cfg.base_name)  # a name clash fails at start-up
+    if cfg.max_batch:
+        engine.scheduler.max_batch = max(1, cfg.max_batch)
+    metrics = ServeMetrics(engine.scheduler, cfg.base_name)
+    engine.scheduler.metrics = metrics
+    state = _State(engine, cfg, ServerStats(), metrics)
     app.state.zhlora = state
 
     @app.middleware("http")
@@ -93,16 +103,22 @@ def create_app(engine: Engine, cfg: ServeConfig):
 
     @app.get("/health")
     async def health():
-        s = state.stats
-        b = state.batcher
+        s, sch = state.stats, engine.scheduler
         return {"status": "ok", "active": s.active, "finished_streams": s.finished,
-                "cancelled_streams": s.cancelled, "batches": b.batches_run, "batched_prompts": b.prompts_run}
+                "cancelled_streams": s.cancelled, "running": sch.running, "waiting": sch.waiting,
+                "steps": sch.steps, "widest_batch": sch.widest, "adapters": engine.adapter_names,
+                "resident_adapters": list(engine.adapters.resident)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
 
     @app.get("/v1/models")
     async def list_models():
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "zhlora",
                  "root": str(engine.base_dir or m), "parent": None if a is None else cfg.base_name}
-                for m, a in models.items() if a is None or m != a]
+                for m, a in model_table(engine, cfg.base_name).items() if a is None or m != a]
         return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
@@ -112,6 +128,14 @@ def create_app(engine: Engine, cfg: ServeConfig):
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await state.handle(request, chat=False)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora(request: Request):
+        return await state.adapter_change(request, load=True)
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora(request: Request):
+        return await state.adapter_change(request, load=False)
 
     return app
 
@@ -124,24 +148,34 @@ def _error(err: oa.APIError) -> JSONResponse:
 class _State:
     engine: Engine
     cfg: ServeConfig
-    models: dict
-    slots: asyncio.Semaphore
     stats: ServerStats
-    batcher: RequestBatcher
+    metrics: ServeMetrics
 
     async def handle(self, request, chat: bool):
         try:
             body = oa.parse_json(await request.body())
             parse = oa.parse_chat if chat else oa.parse_completion
-            req = parse(body, self.models, self.engine.default_options, self.cfg.max_tokens_cap)
+            models = model_table(self.engine, self.cfg.base_name)
+            req = parse(body, models, self.engine.default_options, self.cfg.max_tokens_cap)
             prompts = self._prompts(req)
         except oa.APIError as e:
             return _error(e)
         except ZhloraError as e:
             return _error(oa.APIError(400, str(e)))
+        if self.stats.active >= self.cfg.max_concurrency:
+            return _error(oa.APIError(429, f"the server is at its limit of {self.cfg.max_concurrency} requests "
+                                      "in flight (--max-concurrency); retry later", type_="requests",
+                                      code="rate_limit_exceeded"))
+        self.stats.active += 1
         if req.stream:
-            return await self._stream(req, prompts[0], chat)
-        return await self._complete(req, prompts, chat)
+            from fastapi.responses import StreamingResponse
+
+            return StreamingResponse(self._events(req, prompts[0], chat), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            return await self._complete(req, prompts, chat)
+        finally:
+            self.stats.active -= 1
 
     def _prompts(self, req) -> list[list[int]]:
         eng, room = self.engine, self.engine.max_positions
@@ -155,42 +189,32 @@ class _State:
                               code="context_length_exceeded")
         return ids
 
-    def _stop_ids(self, req, chat: bool):
+    def _stop_ids(self, chat: bool):
         tok = self.engine.tokenizer
         return None if chat else [t for t in (tok.eos_token_id,) if t is not None]
 
     async def _complete(self, req, prompts, chat: bool):
-        async with self.slots:
-            self.stats.active += 1
-            try:
-                done = await self.batcher.submit(prompts, req.adapter, req.options, self._stop_ids(req, chat))
-            finally:
-                self.stats.active -= 1
+        seqs = [self.engine.submit(p, req.adapter, req.options, self._stop_ids(chat)) for p in prompts]
+        try:
+            done = [await asyncio.wrap_future(s.future) for s in seqs]
+        finally:  # a client gone (task cancelled) frees its slots
+            for s in seqs:
+                s.cancel.set()
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
         return (oa.chat_response if chat else oa.completion_response)(rid, req.model, done)
 
-    async def _stream(self, req, prompt: list[int], chat: bool):
-        from fastapi.responses import StreamingResponse
-
-        return StreamingResponse(self._events(req, prompt, chat), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
-
     async def _events(self, req, prompt: list[int], chat: bool):
-        """Server-sent events. The slot is taken here, inside the body, so that every exit
-        (done, error, client gone) frees it and cancels an unfinished generation."""
-        from starlette.concurrency import run_in_threadpool
-
+        """Server-sent events. Every exit (done, error, client gone) frees the request's
+        place and cancels an unfinished generation."""
         rid = oa.new_id("chatcmpl" if chat else "cmpl")
-        await self.slots.acquire()
-        self.stats.active += 1
         stream = None
         try:
-            stream = self.engine.open_stream(prompt, req.adapter, req.options, self._stop_ids(req, chat))
-            stream.on_finish = self.stats.record
-            pieces = iter(stream)
+            stream = self.engine.open_stream(
+                prompt, req.adapter, req.options, self._stop_ids(chat),
+                stream_cls=lambda rules, n, cancel: AsyncTokenStream(rules, n, cancel, self.stats.record))
             if chat:
                 yield oa.stream_chunk(rid, req.model, chat, role=True)
-            while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+            async for piece in stream.pieces():
                 yield oa.stream_chunk(rid, req.model, chat, text=piece)
             c = stream.completion
             yield oa.stream_chunk(rid, req.model, chat, finish=oa.finish_reason(c.finish_reason))
@@ -204,7 +228,32 @@ class _State:
             if stream is not None and stream.completion is None:
                 stream.cancel.set()
             self.stats.active -= 1
-            self.slots.release()
+
+    async def adapter_change(self, request, load: bool):
+        """vLLM's `/v1/load_lora_adapter` {"lora_name", "lora_path"} and `/v1/unload_lora_adapter`
+        {"lora_name"}: plain-text success, OpenAI error objects otherwise."""
+        from starlette.concurrency import run_in_threadpool
+
+        if not self.cfg.allow_adapter_loading:
+            return _error(oa.APIError(403, "loading adapters at run time is off: start the server with "
+                                      "--allow-adapter-loading (it reads folders on the server)",
+                                      code="adapter_loading_disabled"))
+        try:
+            body = oa.parse_json(await request.body())
+            name = oa.text_field(body, "lora_name")
+            if load:
+                await run_in_threadpool(self.engine.load_adapter, name, oa.text_field(body, "lora_path"))
+            else:
+                if name not in self.engine.adapter_names:
+                    raise oa.APIError(404, f"no adapter named {name!r} is loaded", param="lora_name",
+                                      code="model_not_found")
+                await run_in_threadpool(self.engine.unload_adapter, name)
+        except oa.APIError as e:
+            return _error(e)
+        except ZhloraError as e:
+            return _error(oa.APIError(400, str(e), param="lora_path" if load else "lora_name"))
+        verb = "added" if load else "removed"
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' {verb} successfully.")
 
 
 def serve(engine: Engine, cfg: ServeConfig) -> None:

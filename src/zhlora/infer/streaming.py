@@ -2,11 +2,13 @@
 
 `StopRules` holds the end-of-turn token ids and the stop strings; it turns generated ids
 into a `Completion` (text cut before the first stop, token counts, finish reason).
-`TokenStream` is a transformers streamer that hands text pieces to another thread; it
-holds back text that could still become a stop string or an incomplete character.
+`TokenStream` (a transformers-style streamer: `put(ids)`) hands text pieces to another
+thread, `AsyncTokenStream` to an asyncio loop (the server: no thread per client); both hold
+back text that could still become a stop string or an incomplete character.
 """
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from dataclasses import dataclass
@@ -73,45 +75,25 @@ def _strip_padding(ids: list[int], pad_id: int | None) -> list[int]:
     return ids[:end] if end < len(ids) else ids
 
 
-def generation_criteria(rules: StopRules, prompt_width: int, cancel: threading.Event | None):
-    """Stopping criteria for `model.generate`: stop strings (per row) and cancellation."""
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    class _StopStrings(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):  # input_ids (B, T)
-            rows = input_ids[:, prompt_width:].tolist()
-            hit = [rules.cut_at_stop_string(rules.decode(rules.cut_at_stop_id(r)[0]))[1] for r in rows]
-            return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
-
-    class _Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            stop = cancel is not None and cancel.is_set()
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-    out = StoppingCriteriaList([_Cancelled()])
-    if rules.stop_strings:
-        out.append(_StopStrings())
-    return out
-
-
 class TokenStream:
     """A streamer for one prompt (batch of 1). Iterate it for text pieces; `completion` is
     set once the iteration ends. Closing the iterator early sets `cancel`, which stops the
     generation at the next token."""
 
-    def __init__(self, rules: StopRules, prompt_tokens: int, cancel: threading.Event | None = None):
+    def __init__(self, rules: StopRules, prompt_tokens: int, cancel: threading.Event | None = None,
+                 on_finish=None):
         self.rules = rules
         self.prompt_tokens = prompt_tokens
         self.cancel = cancel or threading.Event()
         self.completion: Completion | None = None
-        self.on_finish = None  # optional callback(completion), run in the generation thread
+        self.on_finish = on_finish  # optional callback(completion), run in the generation thread
         self._queue: queue.Queue = queue.Queue()
         self._ids: list[int] = []
         self._emitted = ""
         self._seen_prompt = False
         self._stopped = False
 
-    # -- called by model.generate (generation thread) ------------------------------
+    # -- called by the scheduler (generation thread) --------------------------------
     def put(self, value: torch.Tensor) -> None:
         if not self._seen_prompt:  # the first call carries the prompt
             self._seen_prompt = True
@@ -156,6 +138,39 @@ class TokenStream:
         try:
             while True:
                 item = self._queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if self.completion is None:
+                self.cancel.set()
+
+
+class _LoopQueue:
+    """`put` from any thread into an asyncio.Queue owned by `loop`."""
+
+    def __init__(self, loop, q: asyncio.Queue):
+        self.loop, self.q = loop, q
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+
+
+class AsyncTokenStream(TokenStream):
+    """A TokenStream read with `async for piece in stream.pieces()` (create it in the loop)."""
+
+    def __init__(self, rules: StopRules, prompt_tokens: int, cancel: threading.Event | None = None,
+                 on_finish=None):
+        super().__init__(rules, prompt_tokens, cancel, on_finish)
+        self._aqueue: asyncio.Queue = asyncio.Queue()
+        self._queue = _LoopQueue(asyncio.get_running_loop(), self._aqueue)
+
+    async def pieces(self):
+        try:
+            while True:
+                item = await self._aqueue.get()
                 if item is _DONE:
                     return
                 if isinstance(item, BaseException):

@@ -1,0 +1,222 @@
+"""One scheduler for every generation: continuous batching across adapters.
+
+A request (prompt ids, adapter or None for the base, options, stop rules) waits in a queue;
+at each token boundary the scheduler thread admits waiting requests up to `max_batch`
+(prefill, first token), then runs one decoding step for every running sequence in one
+forward pass (PEFT routes each row to its adapter, `decoding.py` keeps the numbers batch
+independent). A sequence leaves as soon as it ends (stop token or string, max_new_tokens,
+the position limit) or is cancelled (client gone), which frees its slot for the next one.
+
+Each request has its own sampling state (temperature, top_p, repetition penalty through
+transformers' logits processors, and its own torch.Generator seeded by `seed`), so a seeded
+sample does not depend on the batch either.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from zhlora.infer.decoding import RowsBackend, SeqCache, SoloBackend
+from zhlora.infer.options import GenerationOptions
+from zhlora.infer.streaming import StopRules
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in flight; `generated` holds the tokens fed back (stop token excluded)."""
+
+    prompt: list[int]
+    adapter: str | None
+    options: GenerationOptions
+    rules: StopRules
+    sink: object = None                       # a TokenStream for streaming requests
+    cancel: threading.Event = field(default_factory=threading.Event)
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    generated: list[int] = field(default_factory=list)
+    cache: SeqCache = field(default_factory=SeqCache)
+    hf_cache: object = None
+    generator: torch.Generator | None = None
+    submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    first_token_at: float | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.generated)
+
+    @property
+    def last_token(self) -> int:
+        return self.generated[-1]
+
+
+class Scheduler:
+    """Owns the decoding loop of one engine (a daemon thread started on first use)."""
+
+    def __init__(self, engine, max_batch: int = 8, metrics=None):
+        self.engine = engine
+        self.max_batch = max(1, max_batch)
+        self.metrics = metrics
+        self.steps = 0               # decoding steps run (for /health)
+        self.widest = 0              # most sequences in one step
+        self.mixed_steps = 0         # steps whose batch held more than one adapter (or the base)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._backend = None
+
+    # -- client side ---------------------------------------------------------------
+    def submit(self, seq: Sequence) -> Sequence:
+        seq.options.validated()
+        if seq.options.temperature > 0:
+            seq.generator = torch.Generator(device="cpu")
+            seq.generator.manual_seed(seq.options.seed if seq.options.seed is not None
+                                      else int(torch.randint(0, 2**62, (1,)).item()))
+        with self._wake:
+            self._waiting.append(seq)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="zhlora-scheduler")
+                self._thread.start()
+            self._wake.notify()
+        return seq
+
+    def in_use(self, adapter: str) -> int:
+        """Requests waiting for or running with `adapter`."""
+        with self._wake:
+            return sum(s.adapter == adapter for s in [*self._waiting, *self._running])
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- the loop ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._running:
+                    self._wake.wait()
+            try:
+                with self.engine.lock, torch.inference_mode():
+                    self._admit()
+                    self._decode()
+            except BaseException as e:  # every request in flight gets the error, the loop goes on
+                self._fail_all(e)
+
+    def backend(self):
+        if self._backend is None:
+            ok = RowsBackend.supports(self.engine.model)
+            self._backend = (RowsBackend if ok else SoloBackend)(self.engine)
+        return self._backend
+
+    def _admit(self) -> None:
+        while len(self._running) < self.max_batch:
+            with self._wake:
+                seq = self._next_admissible()
+                if seq is None:
+                    return
+            if seq.cancel.is_set():
+                self._finish(seq, cancelled=True)
+                continue
+            seq.started_at = time.perf_counter()
+            if seq.sink is not None:
+                seq.sink.put(torch.tensor(seq.prompt))  # a streamer's first call is the prompt
+            try:
+                logits = self.backend().prefill(seq)
+            except Exception as e:  # this request fails alone
+                self._fail(seq, e)
+                continue
+            if not self._take(seq, logits):
+                self._running.append(seq)
+
+    def _next_admissible(self) -> Sequence | None:
+        """The oldest waiting request whose adapter can be in memory now (LRU, --max-loras)."""
+        for seq in list(self._waiting):
+            if seq.cancel.is_set() or self.engine.adapters.make_resident(seq.adapter, self.busy_adapters()):
+                self._waiting.remove(seq)
+                return seq
+        return None
+
+    def busy_adapters(self) -> set:
+        """Adapters of the running sequences (they must stay in memory)."""
+        return {s.adapter for s in self._running}
+
+    def _decode(self) -> None:
+        for seq in [s for s in self._running if s.cancel.is_set()]:
+            self._running.remove(seq)
+            self._finish(seq, cancelled=True)
+        if not self._running:
+            return
+        logits = self.backend().decode(self._running)   # (n, V)
+        self.steps += 1
+        self.widest = max(self.widest, len(self._running))
+        self.mixed_steps += len({s.adapter for s in self._running}) > 1
+        done = [s for s, row in zip(self._running, logits) if self._take(s, row)]
+        for seq in done:
+            self._running.remove(seq)
+
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> bool:
+        """Choose the next token of `seq`; -> True when the sequence has ended (and finish it)."""
+        token = choose_token(seq, logits)
+        if seq.first_token_at is None:
+            seq.first_token_at = time.perf_counter()
+        rules, limit = seq.rules, self.engine.max_positions
+        ended = token in rules.stop_ids
+        if not ended:
+            seq.generated.append(token)
+            if seq.sink is not None:
+                seq.sink.put(torch.tensor([token]))
+            ended = (len(seq.generated) >= seq.options.max_new_tokens or bool(limit and seq.length >= limit)
+                     or (rules.stop_strings and rules.cut_at_stop_string(rules.decode(seq.generated))[1]))
+        if ended:
+            self._finish(seq, stop_token=token if token in rules.stop_ids else None)
+        return bool(ended)
+
+    def _finish(self, seq: Sequence, cancelled: bool = False, stop_token: int | None = None) -> None:
+        ids = seq.generated + ([stop_token] if stop_token is not None else [])
+        done = seq.rules.finish(ids, len(seq.prompt), seq.options.max_new_tokens, cancelled)
+        if self.metrics is not None:
+            self.metrics.record(seq, done)
+        if seq.sink is not None:
+            seq.sink.finish(done)
+        if not seq.future.done():
+            seq.future.set_result(done)
+
+    def _fail_all(self, error: BaseException) -> None:
+        seqs, self._running = self._running, []
+        for seq in seqs:
+            self._fail(seq, error)
+
+    @staticmethod
+    def _fail(seq: Sequence, error: BaseException) -> None:
+        if seq.sink is not None:
+            seq.sink.fail(error)
+        if not seq.future.done():
+            seq.future.set_exception(error)
+
+
+def choose_token(seq: Sequence, logits: torch.Tensor) -> int:
+    """Greedy (temperature 0) or sampled next token from logits (V,), after the request's
+    repetition penalty, temperature and top_p (transformers' logits processors)."""
+    from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+    opts = seq.options
+    scores = logits[None]                                               # (1, V)
+    seen = torch.tensor([seq.prompt + seq.generated], device=logits.device)
+    if opts.repetition_penalty != 1.0:
+        scores = RepetitionPenaltyLogitsProcessor(opts.repetition_penalty)(seen, scores)
+    if opts.temperature <= 0:
+        return int(scores[0].argmax())
+    scores = TemperatureLogitsWarper(opts.temperature)(seen, scores)
+    if opts.top_p < 1.0:
+        scores = TopPLogitsWarper(opts.top_p)(seen, scores)
+    probs = torch.softmax(scores[0], dim=-1).cpu()
+    return int(torch.multinomial(probs, 1, generator=seq.generator))
