@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    label_only_loss: bool = True          # LM head + loss only at label positions, chunked (train/loss.py)
     dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on GPU when supported
     # LoRA (PEFT)
     lora_r: int = 8
@@ -184,6 +185,6 @@ def _coerce_types(cfg: TrainConfig) -> None:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"`{name}` must be an integer, got {v!r}")
     for name in ("packing", "resume", "overwrite", "skip_bad", "group_by_length",
-                 "gradient_checkpointing", "use_rslora", "allow_bin", "keep_checkpoints"):
+                 "gradient_checkpointing", "label_only_loss", "use_rslora", "allow_bin", "keep_checkpoints"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"`{name}` must be true or false, got {getattr(cfg, name)!r}")

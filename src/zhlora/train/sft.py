@@ -212,13 +212,16 @@ def packed_attention(cfg: TrainConfig, model):
 def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
     from transformers import Trainer
 
+    from zhlora.train.trainer import LabelOnlyLossTrainer
+
+    trainer_class = LabelOnlyLossTrainer if cfg.label_only_loss else Trainer
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
                            block_mask=not uses_segments(cfg, model))
     args = training_arguments(cfg, plan, bool(eval_rows))
-    return Trainer(model=model, args=args, data_collator=collator,
-                   train_dataset=ds.RowDataset(train_rows),
-                   eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
-                   callbacks=callbacks or [])
+    return trainer_class(model=model, args=args, data_collator=collator,
+                         train_dataset=ds.RowDataset(train_rows),
+                         eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
+                         callbacks=callbacks or [])
 
 
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
