@@ -31,6 +31,7 @@ class TrainConfig:
     packing: bool = False                 # concatenate samples into full rows, kept apart in attention
     packed_attention: str = "segments"    # segments: attention per sample; mask: 4D block-diagonal mask
     group_by_length: bool = False         # length-grouped batches (when not packing)
+    padding_free: bool = True             # unpacked batches: samples back to back, no padding computed
     # optimisation
     batch_size: int = 4                   # per device
     grad_accum: int = 1
@@ -184,7 +185,7 @@ def _coerce_types(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"`{name}` must be an integer, got {v!r}")
-    for name in ("packing", "resume", "overwrite", "skip_bad", "group_by_length",
+    for name in ("packing", "padding_free", "resume", "overwrite", "skip_bad", "group_by_length",
                  "gradient_checkpointing", "label_only_loss", "use_rslora", "allow_bin", "keep_checkpoints"):
         if not isinstance(getattr(cfg, name), bool):
             raise ConfigError(f"`{name}` must be true or false, got {getattr(cfg, name)!r}")
