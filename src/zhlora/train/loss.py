@@ -96,6 +96,18 @@ def _summed_ce(head, rows, targets, chunk) -> torch.Tensor:
     return total
 
 
+def _ce_sum_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of fp32 logits (chunk, V) and its gradient softmax - onehot,
+    written over the logits (which the head's backward does not need): one exp pass instead of
+    log-softmax, a zero-filled NLL gradient and the log-softmax backward."""
+    lse = torch.logsumexp(logits, dim=-1)                          # (chunk,)
+    rows = torch.arange(targets.shape[0], device=logits.device)
+    loss = (lse - logits[rows, targets]).sum()
+    grad = logits.sub_(lse[:, None]).exp_()
+    grad[rows, targets] -= 1.0
+    return loss, grad
+
+
 class _ChunkedHeadCE(torch.autograd.Function):
     """Summed CE of head(rows) with each chunk's gradient taken in the forward: the
     (chunk, V) logits and their gradient are freed before the next chunk, and backward only
@@ -110,14 +122,16 @@ class _ChunkedHeadCE(torch.autograd.Function):
         for i in range(0, rows.shape[0], chunk):
             with torch.enable_grad():
                 part = rows[i:i + chunk].detach().requires_grad_(want_rows)
-                loss = F.cross_entropy(head(part).float(), targets[i:i + chunk], reduction="sum")
-                inputs = ([part] if want_rows else []) + list(params)
-                grads = torch.autograd.grad(loss, inputs)
+                logits = head(part).float()                        # (chunk, V)
+            loss, grad_logits = _ce_sum_and_grad(logits.detach(), targets[i:i + chunk])
+            inputs = ([part] if want_rows else []) + list(params)
+            grads = torch.autograd.grad(logits, inputs, grad_outputs=grad_logits)
+            del logits, grad_logits
             if want_rows:
                 grad_rows[i:i + chunk] = grads[0]
             for acc, g in zip(grad_params, grads[int(want_rows):]):
                 acc.add_(g)
-            total += loss.detach()
+            total += loss
         ctx.save_for_backward(*([grad_rows] if want_rows else []), *grad_params)
         ctx.want_rows = want_rows
         return total
