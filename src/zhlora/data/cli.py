@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     c.add_argument("--model", metavar="DIR", help="HF model folder: adds a token-length histogram")
     c.add_argument("--template", help="chat template (default: the model family's)")
     c.add_argument("--cutoff-len", type=int, default=1024, help="count records longer than this")
+    c.add_argument("--batch-size", type=int, default=4, help="rows per batch (for the padded-position count)")
     c.add_argument("--train-on", choices=["all", "last"], default="all",
                    help="which assistant turns are trained (for the trained-token count)")
     c.set_defaults(func=run_check)
@@ -121,6 +122,10 @@ def _print_tokens(convs, args, tokenizer, template) -> None:
           f"record(s) ({pct:.1f}%)" + (f", e.g. {ts.truncated[0]}" if ts.truncated else "")
           + (f", losing {ts.lost_label_tokens} trained token(s)" if ts.truncated else ""))
     print(f"trained tokens (train_on={args.train_on}, after cutoff): {ts.trained_tokens}")
+    pad = stats.padded_positions(ts.lengths, args.cutoff_len, args.batch_size)
+    print(f"padded positions per epoch at batch size {args.batch_size}: padding to the longest "
+          f"{pad['padded']} ({100.0 * pad['padded'] / pad['real']:.0f}% of the {pad['real']} real tokens), "
+          f"packing {pad['packed']}, padding_free 0 (LLaMA/Qwen2/GLM-4)")
     print(f"the template adds {stats.overhead_line(stats.prompt_overhead(convs, tokenizer, template))}")
     enc = template.encode(convs[0], tokenizer, train_on=args.train_on)
     print(f"example ({convs[0].origin}; special tokens shown, trained tokens in [[...]]):")

@@ -112,3 +112,25 @@ def _decode_span(tokenizer, ids: list[int], a: int, b: int) -> str:
     whole_a = dec(a)
     whole_b = dec(b)
     return whole_b[len(whole_a):] if whole_b.startswith(whole_a) else tokenizer.decode(ids[a:b])
+
+
+def padded_positions(lengths: list[int], cutoff_len: int, batch_size: int, seed: int = 42) -> dict:
+    """Positions one epoch computes beyond the real tokens, per batching: `padded` (random
+    batches of `batch_size` padded to their longest, packing=false, padding_free=false) and
+    `packed` (rows of <= cutoff_len tokens, first-fit decreasing, batches padded to the longest
+    row). padding_free=true batches compute none. -> {"real", "padded", "packed"}."""
+    import random
+
+    from zhlora.templates import Encoded
+    from zhlora.train.dataset import pack_rows
+
+    lens = [min(n, cutoff_len) for n in lengths]
+
+    def padding(row_lens: list[int]) -> int:
+        return sum(max(b) * len(b) - sum(b) for b in
+                   (row_lens[i:i + batch_size] for i in range(0, len(row_lens), batch_size)))
+
+    shuffled = lens[:]
+    random.Random(seed).shuffle(shuffled)
+    rows = pack_rows([Encoded([0] * n, [0] * n) for n in lens], cutoff_len)
+    return {"real": sum(lens), "padded": padding(shuffled), "packed": padding([len(r.input_ids) for r in rows])}

@@ -48,6 +48,7 @@ class TrainConfig:
     packing: bool = False                 # concatenate samples into full rows, kept apart in attention
     packed_attention: str = "segments"    # segments: attention per sample; mask: 4D block-diagonal mask
     group_by_length: bool = False         # length-grouped batches (when not packing)
+    padding_free: bool = True             # unpacked batches: samples back to back, no padding computed
     # optimisation
     batch_size: int = 4                   # per device
     grad_accum: int = 1
@@ -59,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    label_only_loss: bool = True          # LM head + loss only at label positions, chunked (train/loss.py)
     dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on GPU when supported
     # LoRA (PEFT)
     lora_r: int = 8

@@ -127,17 +127,39 @@ def position_ids_for(lengths_per_row: list[list[int]], total: int) -> torch.Tens
     return pos
 
 
+def flatten_features(features: list[dict]) -> list[dict]:
+    """Padding-free batching: the batch's rows back to back as ONE row, whose `lengths` keep
+    every sample apart (run with restarted positions and per-sample attention, it computes what
+    the padded batch computes, without the padding)."""
+    return [{"input_ids": [t for f in features for t in f["input_ids"]],
+             "labels": [t for f in features for t in f["labels"]],
+             "lengths": [n for f in features for n in f["lengths"]]}]
+
+
+def ignore_segment_starts(labels: torch.Tensor, lengths_per_row: list[list[int]]) -> None:
+    """In place: a sample's first token is never predicted by the sample before it."""
+    for b, lengths in enumerate(lengths_per_row):
+        start = 0
+        for n in lengths[:-1]:
+            start += n
+            labels[b, start] = IGNORE_INDEX
+
+
 @dataclass
 class Collator:
     """Right-pads a batch. Packed batches get restarted positions and a 4D block mask (with
     block_mask=False no mask: the attention splits rows at the restarts itself, see
-    zhlora.train.packed_attention); plain batches get the usual 2D padding mask."""
+    zhlora.train.packed_attention); plain batches get the usual 2D padding mask.
+    flatten=True (with packed=True, block_mask=False) joins the batch into one unpadded row."""
     pad_token_id: int
     packed: bool = False
     block_mask: bool = True
     pad_to_multiple_of: int | None = None
+    flatten: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
+        if self.flatten:
+            features = flatten_features(features)
         T = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
@@ -154,6 +176,7 @@ class Collator:
         batch = {"input_ids": ids, "labels": labels}
         if self.packed:
             lengths = [f["lengths"] for f in features]
+            ignore_segment_starts(labels, lengths)
             if self.block_mask:
                 batch["attention_mask"] = block_causal_mask(lengths, T)
             batch["position_ids"] = position_ids_for(lengths, T)

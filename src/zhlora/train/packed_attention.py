@@ -63,11 +63,12 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     if position_ids.shape[0] != query.shape[0]:
         position_ids = position_ids.expand(query.shape[0], -1)
     rows = []
+    # split, not slicing: the backward of a split is one cat, a slice's backward fills a zero
+    # tensor of the whole input for every piece (per row here, per sample below)
+    by_row = [t.split(1, dim=0) for t in (query, key, value)]
     for b, bounds in enumerate(segment_bounds(position_ids)):
         sizes = [e - s for s, e in bounds]
-        # split, not slicing: the backward of a split is one cat, a slice's backward fills a
-        # zero tensor of the whole row for every sample
-        qs, ks, vs = (t.split(sizes, dim=2) for t in (query[b:b + 1], key[b:b + 1], value[b:b + 1]))
+        qs, ks, vs = (t[b].split(sizes, dim=2) for t in by_row)
         parts = [sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling,
                                         is_causal=True, **kwargs)[0] for q, k, v in zip(qs, ks, vs)]
         rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])

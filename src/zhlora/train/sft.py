@@ -222,7 +222,12 @@ def _importable(module: str) -> bool:
 def uses_segments(cfg: TrainConfig, model) -> bool:
     """Packed rows attend per sample (no 4D mask) when the model follows transformers'
     attention interface and the recipe did not ask for the mask."""
-    return cfg.packing and cfg.packed_attention == "segments" and supports_segments(model)
+    return (cfg.packing or cfg.padding_free) and cfg.packed_attention == "segments" and supports_segments(model)
+
+
+def padding_free(cfg: TrainConfig, model) -> bool:
+    """Unpacked batches run as one row of their samples back to back, attention per sample."""
+    return not cfg.packing and uses_segments(cfg, model)
 
 
 def packed_attention(cfg: TrainConfig, model):
@@ -230,20 +235,25 @@ def packed_attention(cfg: TrainConfig, model):
         if cfg.packing:
             say("packed rows: 4D block-diagonal attention mask")
         return contextlib.nullcontext()
-    say("packed rows: attention per sample (packed_attention=segments)")
+    say("packed rows: attention per sample (packed_attention=segments)" if cfg.packing else
+        "batches: padding-free, the samples of a batch back to back with attention per sample (padding_free=true)")
     return segment_attention(model)
 
 
 def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
     from transformers import Trainer
 
-    collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
-                           block_mask=not uses_segments(cfg, model))
+    from zhlora.train.trainer import LabelOnlyLossTrainer
+
+    trainer_class = LabelOnlyLossTrainer if cfg.label_only_loss else Trainer
+    flat = padding_free(cfg, model)
+    collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing or flat,
+                           block_mask=not uses_segments(cfg, model), flatten=flat)
     args = training_arguments(cfg, plan, bool(eval_rows))
-    trainer = Trainer(model=model, args=args, data_collator=collator,
-                      train_dataset=ds.RowDataset(train_rows),
-                      eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
-                      callbacks=callbacks or [])
+    trainer = trainer_class(model=model, args=args, data_collator=collator,
+                            train_dataset=ds.RowDataset(train_rows),
+                            eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
+                            callbacks=callbacks or [])
     # transformers reads a warmup_steps float below 1 as a ratio and from 1 up as a step count
     # (warmup_ratio=1.0 would be one step), so the ratio becomes steps here, for every value
     trainer.args.warmup_steps = warmup_steps(cfg, len(trainer.get_train_dataloader()))
