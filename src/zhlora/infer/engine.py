@@ -4,7 +4,7 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 
     from zhlora.infer.engine import Engine, GenerationOptions
     eng = Engine.load(model_dir, adapters={"gec": "/path/adapter"}, template=None,
-                      dtype="auto", device=None, allow_bin=False)
+                      dtype="auto", device="auto", allow_bin=False, quantization=None)
     eng.adapter_names                      # ["gec", ...]
     eng.generate(convs, adapter=None, options=None, batch_size=8, progress=False) -> list[str]
     eng.stream(conv, adapter=None, options=None) -> Iterator[str]     # text pieces as generated
@@ -118,11 +118,12 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
              template: str | None = None, dtype: str = "auto", device: str | None = None,
-             allow_bin: bool = False) -> "Engine":
-        """Load the base once and plug in every adapter (name -> PEFT adapter folder)."""
+             allow_bin: bool = False, quantization: str | None = None) -> "Engine":
+        """Load the base once and plug in every adapter (name -> PEFT adapter folder);
+        `quantization` 4bit/8bit loads the base with bitsandbytes (zhlora.models.quant)."""
         from zhlora.infer.loading import load_engine_parts
 
-        parts = load_engine_parts(model_dir, adapters or {}, dtype, device, allow_bin)
+        parts = load_engine_parts(model_dir, adapters or {}, dtype, device, allow_bin, quantization)
         return cls(parts.model, parts.tokenizer, parts.base_template,
                    [_AdapterInfo(n, p, m) for n, (p, m) in parts.adapters.items()],
                    template_override=template, base_dir=parts.base_dir)

@@ -25,18 +25,17 @@ class EngineParts:
     adapters: dict[str, tuple[Path, dict]] = field(default_factory=dict)  # name -> (folder, meta)
 
 
-def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allow_bin=False) -> EngineParts:
+def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allow_bin=False,
+                      quantization=None) -> EngineParts:
     metas = {name: (Path(p), _read_meta(name, p)) for name, p in adapters.items()}
     base = _resolve_base(model_dir, metas)
     family = family_of(base)
     for name, (path, meta) in metas.items():
         _check_fingerprint(base, path, meta)
     tokenizer = load_tokenizer(_tokenizer_folder(base, metas))
-    model = load_model(base, dtype=dtype, device=device, allow_bin=allow_bin)
+    model = load_model(base, dtype=dtype, device=device, allow_bin=allow_bin, quantization=quantization)
     _resize_for_adapters(model, metas)
-    model = _plug_adapters(model, metas)
-    if device:
-        model.to(device)
+    model = _plug_adapters(model, metas)  # PEFT puts each LoRA layer on its base layer's device
     return EngineParts(model, tokenizer, base, family.default_template(read_config(base)), metas)
 
 

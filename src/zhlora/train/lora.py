@@ -45,14 +45,24 @@ def peft_config(settings: LoraSettings, targets, modules_to_save=()):
                       modules_to_save=save or None, use_rslora=settings.use_rslora, bias="none")
 
 
-def apply_lora(model, config, gradient_checkpointing: bool = False):
-    from peft import get_peft_model
+def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool = False):
+    """PEFT's LoRA on `model`; `kbit`: the base is quantized (bitsandbytes), prepared first by PEFT's
+    `prepare_model_for_kbit_training` (norms and head in fp32, input grads for checkpointing)."""
+    import warnings
 
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-        model.config.use_cache = False
-    return get_peft_model(model, config)
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    with warnings.catch_warnings():  # PEFT and we call transformers' deprecated checkpointing names
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+        if kbit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+            model.config.use_cache = False
+        return get_peft_model(model, config)
 
 
 def trainable_summary(model) -> str:

@@ -21,7 +21,9 @@ import torch
 
 from zhlora.errors import ZhloraError
 from zhlora.families import Family, family_for_config, fingerprint, read_config
-from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
+from zhlora.models import device as devices
+from zhlora.models import quant
+from zhlora.models.loading import load_model, load_tokenizer
 from zhlora.outputs import replace_dir
 from zhlora.runinfo import write_adapter_meta
 from zhlora.templates import get_template
@@ -132,7 +134,8 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
-    model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
+    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, allow_bin=cfg.allow_bin,
+                       quantization=cfg.quantization, place=False)  # the Trainer places it
     resized = resize_for_tokenizer(model, tokenizer)
     lora, grown = cfg.lora, ()
     if resized:
@@ -140,7 +143,10 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
         say(f"vocabulary: tokenizer has {resized['to']} tokens, model {resized['from']}: resized the "
             f"embeddings and training {', '.join([*lora.modules_to_save, *grown])} whole (PEFT modules_to_save)")
     lcfg = lora_config(family, model, lora, grown)
-    model = apply_lora(model, lcfg, cfg.gradient_checkpointing)
+    kbit = quant.normalize(cfg.quantization) is not None
+    if kbit:
+        say(f"quantization: {cfg.quantization} base (bitsandbytes), LoRA trained on top; gradient checkpointing on")
+    model = apply_lora(model, lcfg, cfg.gradient_checkpointing or kbit, kbit=kbit)
     say(f"LoRA r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
@@ -149,8 +155,8 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available()
-    dtype = resolve_dtype(cfg.dtype)
+    device, dtype = devices.decide(cfg.device, cfg.dtype)
+    on_gpu = device.type == "cuda"
     eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
     report = [] if cfg.report_to in ("none", "", None) else [cfg.report_to]
     if "tensorboard" in report and not _importable("tensorboard"):
@@ -266,11 +272,16 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
             "family": family.name, "template": template_name, "train_on": cfg.train_on,
-            "resized_vocab": resized, "train_args": cfg.to_dict(), "data_summary": data_summary,
+            "resized_vocab": resized, "quantization": quant.describe(cfg.quantization, _compute_dtype(cfg)),
+            "train_args": cfg.to_dict(), "data_summary": data_summary,
             "metrics": metrics, "generation": {"max_new_tokens": cfg.max_new_tokens}}
     finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints)
     say(f"done: {metrics}. Adapter: {plan.output}")
     return TrainResult(plan.output, trainer.model, metrics)
+
+
+def _compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    return devices.decide(cfg.device, cfg.dtype)[1]
 
 
 def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
