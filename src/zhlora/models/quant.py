@@ -38,10 +38,17 @@ def normalize(kind: str | None) -> str | None:
 
 def missing_bitsandbytes(kind: str | None) -> str | None:
     """What to do when `kind` needs bitsandbytes and it is not installed; None when all is well."""
-    if normalize(kind) is None or importlib.util.find_spec("bitsandbytes") is not None:
+    if normalize(kind) is None or _installed("bitsandbytes"):
         return None
     return (f"quantization {kind} needs bitsandbytes, which is not installed; install it with "
             f"pip install 'zhlora[{EXTRA}]', or use quantization none")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:      # sys.modules[module] is None: imports of it are blocked
+        return False
 
 
 def require_bitsandbytes(kind: str) -> None:
