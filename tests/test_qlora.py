@@ -150,3 +150,26 @@ def test_an_unknown_quantization_is_a_message(tiny_llama, tmp_path, capsys):
     assert main(["train", f"model={tiny_llama}", f"data={DATA}", f"output_dir={tmp_path / 'r'}",
                  "quantization=3bit"]) == 2
     assert "`quantization` must be one of none, 4bit, 8bit, got '3bit'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU (bitsandbytes' CUDA kernels, bf16/fp16 compute); the CPU runs of "
+                    "the same path are the tests above, the GPU check runs this one")
+def test_4bit_training_and_reload_on_the_gpu(tmp_path):
+    from zhlora.infer.engine import Engine
+    from zhlora.models.device import decide
+
+    dev, dtype = decide("auto", "auto")
+    res = train(recipe(EMBEDDED_BASE_DIR, tmp_path / "g", "quantization=4bit", "max_steps=16",
+                       "learning_rate=2e-3"))
+    curve = losses(res.output)
+    assert curve[-1] < curve[0] - 0.5, curve
+    meta = json.loads((res.output / "zhlora_adapter.json").read_text())
+    assert meta["quantization"]["compute_dtype"] == str(dtype).removeprefix("torch.")
+    assert next(res.model.parameters()).device.type == "cuda"
+    engine = Engine.load(adapters={"q": str(res.output)}, quantization="4bit")
+    assert engine.device == dev
+    # after PEFT's k-bit preparation the trained model keeps norms and head in fp32, the fresh
+    # one computes them in bf16/fp16: equal up to half-precision rounding
+    trained, fresh = logits(res.model).float(), logits(engine.model).float()
+    assert (trained - fresh).abs().max() <= 4e-2 * max(1.0, float(trained.abs().max()))

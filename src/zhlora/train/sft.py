@@ -242,13 +242,15 @@ def warmup_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Run LoRA SFT for a recipe; returns the finished adapter folder, model and metrics."""
     started = time.time()
+    device, dtype = devices.decide(cfg.device, cfg.dtype)  # a GPU that is not there: a message now
     plan = plan_output(cfg)
     model_cfg = read_config(cfg.model)
     family = family_for_config(model_cfg, cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     template_name = cfg.template or family.default_template(model_cfg)
     template = get_template(template_name)
-    say(f"model: {cfg.model} (family {family.name}, template {template_name})")
+    say(f"model: {cfg.model} (family {family.name}, template {template_name}); device {device}, "
+        f"dtype {str(dtype).removeprefix('torch.')}, quantization {cfg.quantization}")
     convs, data_summary = load_data(cfg)
     train_convs, eval_convs = split_eval(convs, cfg.eval_ratio, cfg.seed)
     train_rows, stats = build_rows(train_convs, template, tokenizer, cfg, family)
