@@ -11,6 +11,8 @@ An adapter folder written by `zhlora train` holds a standard PEFT adapter
       "template": "alpaca",
       "train_on": "all",                            # or "last"
       "resized_vocab": null | {"from": 32000, "to": 49954},
+      "quantization": null | {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4",
+                       "double_quant": true, "compute_dtype": "bfloat16", "bitsandbytes_version": "..."},
       "train_args": {...every TrainConfig field...},
       "data_summary": {"files": [...], "formats": {...}, "records": N, "skipped": N, ...},
       "metrics": {"train_loss": ..., "eval_loss": ..., "steps": ..., "seconds": ...},

@@ -28,6 +28,8 @@ def register_demo(sub) -> None:
                    help="decoding margin for both test sets, with a single --decoding (default: chosen "
                    "on a dev set of training sentences per decoder and metric: rescore 8 for F0.5 "
                    "on the synthetic set, 5 for SIGHAN's F1; confusion 4 and 3)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default: CUDA when available, else CPU) | cpu | cuda")
     p.set_defaults(func=run_demo)
 
 

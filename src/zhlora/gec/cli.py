@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from zhlora.cli import add_device_args
 from zhlora.errors import ZhloraError
 
 EVAL_FORMATS = ("auto", "para", "m2", "nlpcc18", "mucgec", "fcgec", "cged", "sighan", "jsonl")
@@ -168,7 +169,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=0,
                    help="per sentence (default: 2 x longest source + 20)")
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    add_device_args(p)
     p.add_argument("--decoding", choices=("free", "confusion", "rescore"), default="free",
                    help="free greedy rewriting (default); confusion: one character per source "
                    "character, a confusion candidate only when it beats the source by --margin; "
@@ -196,6 +197,7 @@ def cmd_eval(args) -> int:
     cfg = EvalConfig(model=args.model, adapter=args.adapter, data=args.data, format=args.format,
                      output=output, template=args.template, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, limit=args.limit, dtype=args.dtype,
+                     device=args.device, quantization=args.quantization,
                      overwrite=args.overwrite, decoding=args.decoding, margin=args.margin,
                      lm_weight=args.lm_weight, answer_weight=args.answer_weight, top_k=args.top_k)
     result = run_eval(cfg, progress=sys.stderr.isatty())

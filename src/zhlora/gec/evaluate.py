@@ -187,6 +187,8 @@ class EvalConfig:
     max_new_tokens: int = 0       # 0: 2 x longest source + 20
     limit: int = 0                # 0: all
     dtype: str = "auto"
+    device: str = "auto"          # zhlora.models.device.decide
+    quantization: str | None = None   # 4bit / 8bit base (bitsandbytes)
     overwrite: bool = False
     decoding: str = "free"        # free | confusion (zhlora.gec.constrained) | rescore (zhlora.gec.rescore)
     margin: float | None = None   # confusion/rescore: lead a change needs (None: 1.0 / 8.0)
@@ -258,7 +260,8 @@ def generate_corrections(cfg: EvalConfig, sources: list[str], progress: bool = F
     from zhlora.infer.engine import Engine, GenerationOptions
 
     adapters = {"gec": cfg.adapter} if cfg.adapter else None
-    engine = Engine.load(cfg.model, adapters=adapters, template=cfg.template, dtype=cfg.dtype)
+    engine = Engine.load(cfg.model, adapters=adapters, template=cfg.template, dtype=cfg.dtype,
+                         device=cfg.device, quantization=cfg.quantization)
     if cfg.decoding == "confusion":
         from zhlora.gec.constrained import correct
 

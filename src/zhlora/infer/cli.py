@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from zhlora.cli import add_device_args
 from zhlora.errors import ZhloraError
 
 
@@ -55,8 +56,7 @@ def _model_args(p, many: bool) -> None:
                    metavar="NAME=DIR" if many else "[NAME=]DIR",
                    help="PEFT adapter folder" + (" (repeatable)" if many else ""))
     p.add_argument("--template", default=None, help="chat template (default: adapter metadata, else family)")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
+    add_device_args(p)
     p.add_argument("--allow-bin", action="store_true", help="allow pickled .bin weights (weights_only load)")
 
 
@@ -88,7 +88,8 @@ def _engine(args, adapters: dict, **kw):
     hf_logging.disable_progress_bar()  # "Loading weights" bars would mix with chat output
 
     return Engine.load(args.model, adapters=adapters, template=args.template, dtype=args.dtype,
-                       device=args.device, allow_bin=args.allow_bin, **kw)
+                       device=args.device, allow_bin=args.allow_bin,
+                       quantization=args.quantization, **kw)
 
 
 def cmd_chat(args) -> int:

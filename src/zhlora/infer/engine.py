@@ -4,7 +4,8 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 
     from zhlora.infer.engine import Engine, GenerationOptions
     eng = Engine.load(model_dir, adapters={"gec": "/path/adapter"}, template=None,
-                      dtype="auto", device=None, allow_bin=False, max_batch=8, max_loras=None)
+                      dtype="auto", device=None, allow_bin=False, max_batch=8, max_loras=None,
+                      quantization=None)
     eng.adapter_names                      # ["gec", ...]
     eng.generate(convs, adapter=None, options=None, batch_size=8, progress=False) -> list[str]
     eng.stream(conv, adapter=None, options=None) -> Iterator[str]     # text pieces as generated
@@ -69,12 +70,15 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, adapters: dict[str, str | Path] | None = None,
              template: str | None = None, dtype: str = "auto", device: str | None = None,
-             allow_bin: bool = False, max_batch: int = 8, max_loras: int | None = None) -> "Engine":
+             allow_bin: bool = False, max_batch: int = 8, max_loras: int | None = None,
+             quantization: str | None = None) -> "Engine":
         """Load the base once and plug in the adapters (name -> PEFT adapter folder); with
-        `max_loras`, only the first that many are loaded now, the others on first use."""
+        `max_loras`, only the first that many are loaded now, the others on first use;
+        `quantization` 4bit/8bit loads the base with bitsandbytes (zhlora.models.quant)."""
         from zhlora.infer.loading import load_engine_parts
 
-        parts = load_engine_parts(model_dir, adapters or {}, template, dtype, device, allow_bin, max_loras)
+        parts = load_engine_parts(model_dir, adapters or {}, template, dtype, device, allow_bin, max_loras,
+                                  quantization)
         return cls(parts.model, parts.tokenizer, parts.base_record, parts.adapters, base_dir=parts.base.folder,
                    base_model=parts.base, template=template, max_batch=max_batch, max_loras=max_loras)
 

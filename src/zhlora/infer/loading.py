@@ -25,18 +25,17 @@ class EngineParts:
 
 
 def load_engine_parts(model_dir, adapters: dict, template: str | None = None, dtype="auto", device=None,
-                      allow_bin=False, max_loras: int | None = None) -> EngineParts:
+                      allow_bin=False, max_loras: int | None = None, quantization=None) -> EngineParts:
     """`adapters`: name -> folder. Every adapter is checked against the base; the first
     `max_loras` (all when None) are loaded now."""
     unbound = [read_adapter(name, p) for name, p in adapters.items()]
     base = BaseModel.read(_resolve_base(model_dir, unbound))
     records = [r.bound_to(base, template) for r in unbound]
     tokenizer = load_tokenizer(_tokenizer_folder(base.folder, records))
-    model = load_model(base.folder, dtype=dtype, device=device, allow_bin=allow_bin)
+    model = load_model(base.folder, dtype=dtype, device=device, allow_bin=allow_bin, quantization=quantization)
     _resize_for_adapters(model, records)
+    # load_model placed the base (models.device.decide); PEFT puts each LoRA layer on its base layer's device
     model = _plug_adapters(model, records[:max_loras] if max_loras else records)
-    if device:
-        model.to(device)
     return EngineParts(model, tokenizer, base, base_record(base, template), records)
 
 

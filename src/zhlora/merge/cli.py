@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhlora.cli import add_device_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("merge", help="merge LoRA adapters into the base, streaming shard by shard",
@@ -30,6 +32,7 @@ def register(sub) -> None:
                    help="max abs logit difference (default 1e-4 for float32 output; for float16/bfloat16 "
                         "1e-2/4e-2 times max(1, largest |logit|))")
     v.add_argument("--allow-bin", action="store_true")
+    add_device_args(v, quantization=False, dtype=False)  # both sides run in float32
     v.set_defaults(func=run_verify)
 
     e = sub.add_parser("export", help="export a merged model to another format")
@@ -44,23 +47,42 @@ def register(sub) -> None:
 
 def run_merge(args: argparse.Namespace) -> int:
     from zhlora.merge.merge import merge_adapters, parse_size
-    from zhlora.models.loading import resolve_dtype
+    from zhlora.models.device import parse_dtype
 
     res = merge_adapters(args.base, args.adapter, args.output,
-                         dtype=resolve_dtype(args.dtype) if args.dtype else None,
+                         dtype=parse_dtype(args.dtype) if args.dtype else None,
                          max_shard_bytes=parse_size(args.max_shard_size), overwrite=args.overwrite,
                          allow_bin=args.allow_bin, check_fingerprint=not args.no_fingerprint_check,
                          progress=not args.no_progress)
     print(f"merged {len(args.adapter)} adapter(s) into {res.merged_tensors} of {res.tensors} tensors; "
           f"wrote {res.shards} shard(s), {str(res.dtype).removeprefix('torch.')}, "
           f"vocab rows {res.vocab_rows} -> {res.output}")
+    for note in qlora_notes(args.adapter):
+        print(note)
     return 0
+
+
+def qlora_notes(adapters) -> list[str]:
+    """A QLoRA adapter was trained against the 4-/8-bit base; merged, it sits on the full-precision
+    weights, which the user should know (outputs move slightly, as after any requantization)."""
+    from zhlora.runinfo import read_adapter_meta
+
+    notes = []
+    for folder in adapters:
+        q = read_adapter_meta(folder).get("quantization")
+        if q:
+            notes.append(f"note: {folder} was trained on a {q.get('bits')}-bit {q.get('quant_type', '')} base "
+                         "(QLoRA). The merged model is that adapter on the unquantized base weights, not "
+                         "the quantized forward it was trained with; its outputs can differ slightly from "
+                         "`zhlora chat --quantization " + f"{q.get('bits')}bit --adapter {folder}`.")
+    return notes
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from zhlora.merge.verify import verify_merge
 
-    rep = verify_merge(args.base, args.adapter, args.merged, args.tolerance, allow_bin=args.allow_bin)
+    rep = verify_merge(args.base, args.adapter, args.merged, args.tolerance, allow_bin=args.allow_bin,
+                       device=args.device)
     print(rep.summary())
     return 0 if rep.ok else 1
 

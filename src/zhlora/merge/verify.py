@@ -46,11 +46,12 @@ class VerifyReport:
 
 
 def verify_merge(base_dir, adapter_dirs, merged_dir, tolerance: float | None = None,
-                 allow_bin: bool = False, prompts: list[str] = PROMPTS) -> VerifyReport:
+                 allow_bin: bool = False, prompts: list[str] = PROMPTS, device: str = "auto") -> VerifyReport:
+    """Both sides in float32 on `device` (zhlora.models.device.decide: auto = CUDA when available)."""
     tok = load_tokenizer(merged_dir)
     batches = [tok(p, return_tensors="pt")["input_ids"] for p in prompts]
-    ref = reference_logits(base_dir, adapter_dirs, batches, allow_bin)
-    merged = load_model(merged_dir, dtype=torch.float32, allow_bin=allow_bin)
+    ref = reference_logits(base_dir, adapter_dirs, batches, allow_bin, device)
+    merged = load_model(merged_dir, dtype=torch.float32, device=device, allow_bin=allow_bin)
     got = _logits(merged, batches)
     dtype = str(read_config(merged_dir).get("dtype") or read_config(merged_dir).get("torch_dtype") or "float32")
     diff = max(float((r - g).abs().max()) for r, g in zip(ref, got))
@@ -62,10 +63,11 @@ def verify_merge(base_dir, adapter_dirs, merged_dir, tolerance: float | None = N
     return VerifyReport(diff, biggest, tolerance, float(agree), dtype, len(prompts))
 
 
-def reference_logits(base_dir, adapter_dirs, batches, allow_bin: bool = False) -> list[torch.Tensor]:
+def reference_logits(base_dir, adapter_dirs, batches, allow_bin: bool = False,
+                     device: str = "auto") -> list[torch.Tensor]:
     from peft import PeftModel
 
-    model = load_model(base_dir, dtype=torch.float32, allow_bin=allow_bin)
+    model = load_model(base_dir, dtype=torch.float32, device=device, allow_bin=allow_bin)
     for i, folder in enumerate(adapter_dirs):
         rows = _adapter_vocab_rows(folder, allow_bin)
         if rows and rows != model.get_input_embeddings().weight.shape[0]:
@@ -92,4 +94,5 @@ def _adapter_vocab_rows(folder, allow_bin: bool) -> int | None:
 @torch.no_grad()
 def _logits(model, batches) -> list[torch.Tensor]:
     model.eval()
-    return [model(input_ids=ids).logits[0].float() for ids in batches]
+    dev = next(model.parameters()).device
+    return [model(input_ids=ids.to(dev)).logits[0].float().cpu() for ids in batches]

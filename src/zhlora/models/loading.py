@@ -12,22 +12,8 @@ import torch
 
 from zhlora.errors import ZhloraError
 from zhlora.families import read_config
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-def resolve_dtype(name: str | None, device: str | None = None) -> torch.dtype:
-    """`auto` -> fp32 on CPU (bf16 matmul is ~200x slower there), bf16 on GPU when supported."""
-    if name in (None, "auto"):
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dev.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32 if not dev.startswith("cuda") else torch.float16
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ZhloraError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)} or auto") from None
+from zhlora.models import device as devices
+from zhlora.models import quant
 
 
 def weight_files(model_dir: str | Path) -> tuple[str, list[Path]]:
@@ -152,29 +138,42 @@ def _generic_fast_tokenizer(path):
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = None,
-               allow_bin: bool = False, attn_implementation: str | None = "sdpa"):
-    """Load a causal LM from a local folder (never the hub, never remote code)."""
+def load_model(path: str | Path, dtype: str | torch.dtype | None = "auto", device: str | None = "auto",
+               allow_bin: bool = False, attn_implementation: str | None = "sdpa",
+               quantization: str | None = None, place: bool = True):
+    """Load a causal LM from a local folder (never the hub, never remote code).
+
+    `device`/`dtype` go through `zhlora.models.device.decide` (auto: CUDA when available, bf16/
+    fp16/fp32 to match). `quantization` 4bit/8bit loads the linear layers with bitsandbytes,
+    straight onto the device; `place=False` leaves an unquantized model on the CPU (the Trainer
+    places it)."""
+    read_config(path)  # clear error for a wrong folder
+    check_weights_allowed(path, allow_bin)
+    dev, td = devices.decide(device, dtype)
+    kwargs = {"dtype": td, "local_files_only": True}
+    qcfg = quant.quantization_config(quantization, td)
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg, device_map={"": dev})
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = _from_pretrained(path, kwargs)
+    if place and qcfg is None:
+        model.to(dev)
+    return model
+
+
+def _from_pretrained(path, kwargs: dict):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    read_config(path)  # clear error for a wrong folder
-    check_weights_allowed(path, allow_bin)
-    td = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
-    kwargs = {"dtype": td, "local_files_only": True}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         except ValueError as e:
             if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
                 raise
             kwargs.pop("attn_implementation")
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (ValueError, OSError, RuntimeError, SafetensorError) as e:
         raise ZhloraError(f"{path}: could not load the model weights ({type(e).__name__}: {e}). Check that "
                           "the weight files are complete (re-copy or re-download them) and match config.json") from None
-    if device:
-        model.to(device)
-    return model

@@ -61,7 +61,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     label_only_loss: bool = True          # LM head + loss only at label positions, chunked (train/loss.py)
-    dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on GPU when supported
+    dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on a recent GPU, fp16 on an older one
+    device: str = "auto"                  # auto (CUDA when available) | cpu | cuda
+    quantization: str = "none"            # none | 4bit (QLoRA: NF4, double quant) | 8bit (bitsandbytes)
     # LoRA (PEFT)
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -115,10 +117,24 @@ class TrainConfig:
             problems.append(f"`packed_attention` must be segments or mask, got {self.packed_attention!r}")
         if self.train_on not in ("all", "last"):
             problems.append(f"`train_on` must be all or last, got {self.train_on!r}")
+        problems += self._hardware_problems()
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set `epochs` > 0 or `max_steps` > 0")
         if problems:
             raise ConfigError("bad training recipe:\n  " + "\n  ".join(problems))
+
+    def _hardware_problems(self) -> list[str]:
+        from zhlora.models import quant
+
+        problems = []
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"`device` must be auto, cpu or cuda, got {self.device!r} (pick one GPU of several "
+                            "with CUDA_VISIBLE_DEVICES=N; torchrun gives each process its own)")
+        if str(self.quantization).lower() not in quant.QUANTIZATIONS:
+            problems.append(f"`quantization` must be one of {', '.join(quant.QUANTIZATIONS)}, got {self.quantization!r}")
+        elif quant.missing_bitsandbytes(self.quantization):
+            problems.append(quant.missing_bitsandbytes(self.quantization))
+        return problems
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

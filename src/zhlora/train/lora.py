@@ -47,16 +47,19 @@ def peft_config(settings: LoraSettings, targets, modules_to_save=()):
                       modules_to_save=save or None, use_rslora=settings.use_rslora, bias="none")
 
 
-def apply_lora(model, config, gradient_checkpointing: bool = False):
+def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool = False):
+    """PEFT's LoRA on `model`; `kbit`: the base is quantized (bitsandbytes), prepared first by PEFT's
+    `prepare_model_for_kbit_training` (norms and head in fp32, input grads for checkpointing)."""
     import warnings
 
-    from peft import get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
-    with warnings.catch_warnings():
-        # transformers 5 renamed gradient checkpointing to activation checkpointing; PEFT and the
-        # calls below still use the old names, which warn on every run (nothing a user can change)
-        warnings.filterwarnings("ignore", message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable)"
-                                r".* is deprecated", category=FutureWarning)
+    with warnings.catch_warnings():  # PEFT and we call transformers' deprecated checkpointing names
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+        if kbit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()

@@ -21,7 +21,9 @@ import torch
 
 from zhlora.errors import ZhloraError
 from zhlora.families import Family, family_for_config, fingerprint, read_config
-from zhlora.models.loading import load_model, load_tokenizer, resolve_dtype
+from zhlora.models import device as devices
+from zhlora.models import quant
+from zhlora.models.loading import load_model, load_tokenizer
 from zhlora.outputs import replace_dir
 from zhlora.runinfo import write_adapter_meta, write_chat_template
 from zhlora.templates import template_for_model
@@ -150,7 +152,8 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     from transformers import set_seed
 
     set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
-    model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
+    model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, allow_bin=cfg.allow_bin,
+                       quantization=cfg.quantization, place=False)  # the Trainer places it
     resized = resize_for_tokenizer(model, tokenizer)
     lora, grown = cfg.lora, ()
     if resized:
@@ -158,7 +161,10 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
         say(f"vocabulary: tokenizer has {resized['to']} tokens, model {resized['from']}: resized the "
             f"embeddings and training {', '.join([*lora.modules_to_save, *grown])} whole (PEFT modules_to_save)")
     lcfg = lora_config(family, model, lora, grown)
-    model = apply_lora(model, lcfg, cfg.gradient_checkpointing)
+    kbit = quant.normalize(cfg.quantization) is not None
+    if kbit:
+        say(f"quantization: {cfg.quantization} base (bitsandbytes), LoRA trained on top; gradient checkpointing on")
+    model = apply_lora(model, lcfg, cfg.gradient_checkpointing or kbit, kbit=kbit)
     say(f"LoRA r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
@@ -167,8 +173,8 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
-    on_gpu = torch.cuda.is_available()
-    dtype = resolve_dtype(cfg.dtype)
+    device, dtype = devices.decide(cfg.device, cfg.dtype)
+    on_gpu = device.type == "cuda"
     eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
     report = [] if cfg.report_to in ("none", "", None) else [cfg.report_to]
     if "tensorboard" in report and not _importable("tensorboard"):
@@ -205,7 +211,7 @@ def quiet_deepspeed_on_cpu() -> None:
     """Without a GPU, tell DeepSpeed so: transformers imports it whenever it is installed, and
     its accelerator detection then warns "Setting accelerator to CPU" on every run, with or
     without a `deepspeed` key. An explicit DS_ACCELERATOR is kept."""
-    if not torch.cuda.is_available():
+    if not devices.cuda_capabilities():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
@@ -272,6 +278,7 @@ def warmup_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
 def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     """Run LoRA SFT for a recipe; returns the finished adapter folder, model and metrics."""
     started = time.time()
+    device, dtype = devices.decide(cfg.device, cfg.dtype)  # a GPU that is not there: a message now
     quiet_deepspeed_on_cpu()
     plan = plan_output(cfg)
     model_cfg = read_config(cfg.model)
@@ -279,7 +286,8 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model)
     choice = template_for_model(cfg.model, cfg.template)
     template_name, template = choice.name, choice.template
-    say(f"model: {cfg.model} (family {family.name}); template: {choice}")
+    say(f"model: {cfg.model} (family {family.name}); template: {choice}; device {device}, "
+        f"dtype {str(dtype).removeprefix('torch.')}, quantization {cfg.quantization}")
     convs, data_summary = load_data(cfg)
     train_convs, eval_convs = split_eval(convs, cfg.eval_ratio, cfg.seed)
     train_rows, stats = build_rows(train_convs, template, tokenizer, cfg, family)
@@ -304,11 +312,16 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
             "family": family.name, "template": template_name, "train_on": cfg.train_on,
-            "resized_vocab": resized, "train_args": cfg.to_dict(), "data_summary": data_summary,
+            "resized_vocab": resized, "quantization": quant.describe(cfg.quantization, _compute_dtype(cfg)),
+            "train_args": cfg.to_dict(), "data_summary": data_summary,
             "metrics": metrics, "generation": {"max_new_tokens": cfg.max_new_tokens}}
     finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints)
     say(f"done: {metrics}. Adapter: {plan.output}")
     return TrainResult(plan.output, trainer.model, metrics)
+
+
+def _compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    return devices.decide(cfg.device, cfg.dtype)[1]
 
 
 def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
