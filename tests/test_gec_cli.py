@@ -81,5 +81,6 @@ def test_recipes_load_as_training_configs(recipe):
 
 
 def test_recipe_count():
-    assert {p.name for p in RECIPES} == {"chatglm3_6b_lora.yaml", "qwen2_5_7b_instruct_lora.yaml",
+    assert {p.name for p in RECIPES} == {"chatglm3_6b_lora.yaml", "chatglm3_6b_qlora.yaml",
+                                         "qwen2_5_7b_instruct_lora.yaml",
                                          "chinese_alpaca_2_7b_lora.yaml", "tiny_cpu.yaml"}

@@ -131,7 +131,8 @@ class TrainConfig:
             problems.append(f"`device` must be auto, cpu or cuda, got {self.device!r} (pick one GPU of several "
                             "with CUDA_VISIBLE_DEVICES=N; torchrun gives each process its own)")
         if str(self.quantization).lower() not in quant.QUANTIZATIONS:
-            problems.append(f"`quantization` must be one of {', '.join(quant.QUANTIZATIONS)}, got {self.quantization!r}")
+            problems.append(f"`quantization` must be one of {', '.join(quant.QUANTIZATIONS)}, "
+                            f"got {self.quantization!r}")
         elif quant.missing_bitsandbytes(self.quantization):
             problems.append(quant.missing_bitsandbytes(self.quantization))
         return problems
