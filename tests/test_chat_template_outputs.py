@@ -25,7 +25,8 @@ def _ids(out):
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-@pytest.mark.parametrize("template,family", [("alpaca", "llama"), ("chatml", "qwen2"), ("glm4", "glm4")])
+@pytest.mark.parametrize("template,family", [("alpaca", "llama"), ("chatml", "qwen2"), ("qwen3", "qwen2"),
+                                             ("glm4", "glm4")])
 def test_merged_folder_apply_chat_template_equals_zhlora(tmp_path, template, family):
     from zhlora.merge.merge import merge_adapters
     from zhlora.models.tiny import make_tiny_adapter, make_tiny_model

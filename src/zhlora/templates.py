@@ -179,6 +179,12 @@ class ChatTemplate:
         segs, _ = _fit(head, rounds, max_len)
         return [t for s in segs for t in s.ids]
 
+    def answer_text(self, generated: str) -> str:
+        """A generated answer without the text the template puts before the content (GLM's
+        newline after `<|assistant|>`), which the model writes itself."""
+        lead = "".join(p for p in self.assistant if isinstance(p, str)).split("{content}")[0].strip(" ")
+        return generated[len(lead):] if lead and generated.startswith(lead) else generated
+
     def stop_token_ids(self, tokenizer) -> list[int]:
         """Token ids that end a generated answer (EOS/end-of-turn and `stop`)."""
         ids = []

@@ -191,6 +191,9 @@ class Engine:
                 out[i] = c
             bar.update(len(idx))
         bar.close()
+        if stop_ids is None:  # a chat answer: drop the text the template writes before the content
+            for c in out:
+                c.text = self.template_for(adapter).answer_text(c.text)
         return out  # type: ignore[return-value]
 
     def stream(self, conv: Conversation, adapter: str | None = None,
