@@ -29,6 +29,9 @@ CONVERSATIONS = {
 @functools.cache
 def vocab_tokenizer(name: str):
     """zhlora's tokenizer for llama.cpp's `ggml-vocab-<name>.gguf` (loaded once per session)."""
+    import pytest
+
+    pytest.importorskip("gguf", reason="reading .gguf vocabularies needs gguf (pip install 'zhlora[test]')")
     return load_tokenizer(VOCAB / f"ggml-vocab-{name}.gguf")
 
 
@@ -68,6 +71,9 @@ def encode_rendered(tok, text: str, specials: tuple[str, ...] = ()) -> list[int]
 def sentencepiece_proto_from_gguf(name: str):
     """The SentencePiece ModelProto of a llama.cpp SPM vocabulary (pieces, scores, types): the
     `tokenizer.model` the model was released with, rebuilt from the GGUF copy of it."""
+    import pytest
+
+    pytest.importorskip("gguf", reason="reading .gguf vocabularies needs gguf (pip install 'zhlora[test]')")
     from gguf import GGUFReader
     from sentencepiece import sentencepiece_model_pb2 as pb
 

@@ -25,7 +25,8 @@ def _ids(out):
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-@pytest.mark.parametrize("template,family", [("alpaca", "llama"), ("chatml", "qwen2"), ("glm4", "glm4")])
+@pytest.mark.parametrize("template,family", [("alpaca", "llama"), ("chatml", "qwen2"), ("qwen3", "qwen2"),
+                                             ("glm4", "glm4")])
 def test_merged_folder_apply_chat_template_equals_zhlora(tmp_path, template, family):
     from zhlora.merge.merge import merge_adapters
     from zhlora.models.tiny import make_tiny_model
@@ -72,3 +73,22 @@ def test_round_text_jinja_renders_the_prompt_text(name):
     assert text == before + body + after
     one = render_chat_template(chat_template_jinja(name), messages(asking(CONVERSATIONS["single"])), True)
     assert one == before + t._prompt_text(asking(CONVERSATIONS["single"])) + after
+
+
+def test_gguf_export_of_a_merged_model_carries_the_chat_template(tmp_path):
+    """llama.cpp reads the prompt format from the GGUF's tokenizer.chat_template."""
+    gguf = pytest.importorskip("gguf")
+    from _official import sentencepiece_proto_from_gguf, write_llama_tokenizer_folder
+    from zhlora.merge.gguf_export import export_gguf
+    from zhlora.merge.merge import merge_adapters
+    from zhlora.models.tiny import make_tiny_adapter, make_tiny_model
+
+    sp_dir = write_llama_tokenizer_folder(tmp_path / "sp", sentencepiece_proto_from_gguf("llama-spm"))
+    base = make_tiny_model(tmp_path / "base", "llama", tokenizer=load_tokenizer(sp_dir), hidden=16, layers=1,
+                           heads=2, kv_heads=1)
+    (base / "tokenizer.model").write_bytes((sp_dir / "tokenizer.model").read_bytes())
+    adapter = make_tiny_adapter(base, tmp_path / "adapter", template="alpaca")
+    merge_adapters(base, [adapter], tmp_path / "merged", progress=False)
+    export_gguf(tmp_path / "merged", tmp_path / "m.gguf")
+    fields = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields
+    assert fields["tokenizer.chat_template"].contents() == chat_template_jinja("alpaca")

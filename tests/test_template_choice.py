@@ -39,11 +39,16 @@ def test_qwen2_and_qwen25_told_apart_by_their_chat_template(tmp_path, jinja, wan
     assert ("no chat_template" in choice.reason) == (not jinja)
 
 
-def test_an_unmatched_chat_template_falls_back_and_says_so(tmp_path):
-    """Qwen3's template has no default system prompt: neither chatml nor qwen2.5."""
+def test_qwen3_by_its_chat_template_or_its_config(tmp_path):
     text = (TEMPLATES / "Qwen-Qwen3-0.6B.jinja").read_text(encoding="utf-8")
-    choice = template_for_model(_folder(tmp_path, {"model_type": "qwen3"}, text))
-    assert choice.name == "chatml" and "renders like none of chatml, qwen2.5" in choice.reason
+    assert template_for_model(_folder(tmp_path, {"model_type": "qwen2"}, text)).name == "qwen3"
+    assert template_for_model(_folder(tmp_path, {"model_type": "qwen3"})).name == "qwen3"
+
+
+def test_an_unmatched_chat_template_falls_back_and_says_so(tmp_path):
+    text = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    choice = template_for_model(_folder(tmp_path, {"model_type": "qwen2"}, text))
+    assert choice.name == "chatml" and "renders like none of chatml, qwen2.5, qwen3" in choice.reason
     assert "template=" in choice.reason
 
 

@@ -84,7 +84,7 @@ def test_golden_rendering(name, kind):
 
 
 def test_every_core_template_has_golden_cases():
-    core = {"default", "alpaca", "llama2", "chinese-alpaca-2", "chatml", "qwen2.5", "glm4"}
+    core = {"default", "alpaca", "llama2", "chinese-alpaca-2", "chatml", "qwen2.5", "glm4"}  # + qwen3: official tests
     assert core <= set(TEMPLATES)
     assert {n for n, _ in GOLDEN} == core
 
@@ -138,3 +138,10 @@ def test_missing_special_token_is_explained():
     tok = tokenizer_for("llama")
     with pytest.raises(ZhloraError, match="<\\|im_start\\|>"):
         get_template("chatml").encode(SINGLE, tok)
+
+
+def test_answer_text_drops_what_the_model_writes_before_the_content():
+    """GLM-4 / ChatGLM3 prompts end at <|assistant|>; the model writes the newline itself."""
+    assert get_template("glm4").answer_text("\n世界") == "世界"
+    assert get_template("glm4").answer_text("世界") == "世界"
+    assert get_template("chatml").answer_text("\n世界") == "\n世界"

@@ -44,15 +44,26 @@ def assert_same_as_official(name, tok, conv, prompt_ids, full_ids, extra_end=Non
         (tok.decode(train), tok.decode(full_ids))
 
 
-# -- Qwen2 / Qwen2.5 on Qwen2's real 151,936-token vocabulary ------------------------------------
+# -- Qwen2 / Qwen2.5 / Qwen3 (same BPE, same special tokens) on Qwen2's real 151,936-token vocabulary ------------------------------------
 @pytest.mark.parametrize("conv", CONVS)
 @pytest.mark.parametrize("name,jinja", [("chatml", "Qwen--Qwen2-7B-Instruct.jinja"),
-                                        ("qwen2.5", "Qwen-Qwen2.5-7B-Instruct.jinja")])
+                                        ("qwen2.5", "Qwen-Qwen2.5-7B-Instruct.jinja"),
+                                        ("qwen3", "Qwen-Qwen3-0.6B.jinja")])
 def test_qwen_matches_official_jinja(name, jinja, conv):
     tok = vocab_tokenizer("qwen2")
     assert tok.vocab_size == 151936
     c = CONVERSATIONS[conv]
     assert_same_as_official(name, tok, c, *official_jinja_ids(tok, (TEMPLATES / jinja).read_text(), c))
+
+
+def test_qwen3_trains_the_empty_think_block_of_the_last_answer_only():
+    tok, c = vocab_tokenizer("qwen2"), CONVERSATIONS["three-rounds"]
+    enc = get_template("qwen3").encode(c, tok)
+    text = tok.decode(enc.input_ids)
+    assert text.count("<think>") == 1 and "<think>\n\n</think>\n\n1\n2\n3" in text
+    trained = tok.decode([i for i, lab in zip(enc.input_ids, enc.labels) if lab != -100])
+    assert trained.endswith("<think>\n\n</think>\n\n1\n2\n3<|im_end|>")
+    assert get_template("qwen3").answer_text("<think>\n\n</think>\n\n好的") == "好的"
 
 
 def test_qwen2_and_qwen25_differ_only_by_default_system():

@@ -78,7 +78,9 @@ def _turns_jinja(t) -> str:
         + ("{%- endif -%}" if t.assistant_end_opens_user else ""),
         _emit(t.user, first_user, "idx"),
         "{%- elif m['role'] == 'assistant' -%}",
-        _emit(t.assistant + t.assistant_end, "m['content']", "idx"),
+        _emit(t.assistant + t.assistant_end,
+              f"({_lit(t.last_answer_prefix)} if loop.last else '') ~ m['content']" if t.last_answer_prefix
+              else "m['content']", "idx"),
         "{%- endif -%}{%- endfor -%}",
     ])
 

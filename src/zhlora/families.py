@@ -82,7 +82,8 @@ register_family(Family(
     notes="Chinese-LLaMA / Chinese-Alpaca (v1, Plus: alpaca; -2, 55296 tokens: chinese-alpaca-2), Llama-2"))
 
 register_family(Family(
-    name="qwen2", model_types=("qwen2", "qwen3"), template="chatml", templates=("chatml", "qwen2.5"),
+    name="qwen2", model_types=("qwen2", "qwen3"), template="chatml", templates=("chatml", "qwen2.5", "qwen3"),
+    template_for=lambda cfg: "qwen3" if cfg.get("model_type") == "qwen3" else "chatml",
     lora_presets={"default": ["q_proj", "v_proj"], "attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
                   "all": _LLAMA_ALL},
     notes="Qwen2 / Qwen2.5 / Qwen3 through transformers' own classes"))

@@ -79,6 +79,7 @@ class ChatTemplate:
     default_system: str = ""
     system_in_first_user: bool = False  # llama2: <<SYS>> goes inside the first [INST]
     round_start: int = 1
+    last_answer_prefix: str = ""  # text before the content of the LAST answer only (Qwen3's empty think block)
     stop: tuple = ()  # extra stop tokens/strings for generation
     description: str = ""
 
@@ -145,7 +146,10 @@ class ChatTemplate:
             ask += self._pieces(self.user, tokenizer, text, idx)
             ans: list[_Piece] = []
             if answer is not None:  # the whole answer is trained: its text and end token
-                ans = self._pieces(self.assistant, tokenizer, answer.content, idx, trained=True)
+                content = answer.content
+                if self.last_answer_prefix and r + 2 >= len(msgs):
+                    content = self.last_answer_prefix + content
+                ans = self._pieces(self.assistant, tokenizer, content, idx, trained=True)
                 ans += self._pieces(self.assistant_end, tokenizer, idx=idx, trained=True)
             rounds.append((ask, ans))
         return head, rounds
@@ -177,6 +181,15 @@ class ChatTemplate:
         head, rounds = _to_segments(*self._rounds(conv, tokenizer), tokenizer)
         segs, _ = _fit(head, rounds, max_len)
         return [t for s in segs for t in s.ids]
+
+    def answer_text(self, generated: str) -> str:
+        """A generated answer without the text the template puts before the content (GLM's
+        newline after `<|assistant|>`), which the model writes itself."""
+        lead = "".join(p for p in self.assistant if isinstance(p, str)).split("{content}")[0].strip(" ")
+        for prefix in (lead, self.last_answer_prefix):
+            if prefix and generated.startswith(prefix):
+                generated = generated[len(prefix):]
+        return generated
 
     def stop_token_ids(self, tokenizer) -> list[int]:
         """Token ids that end a generated answer (EOS/end-of-turn and `stop`)."""
@@ -356,6 +369,11 @@ register_template(dataclasses.replace(
     get_template("chatml"), name="qwen2.5",
     default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     description="Qwen2.5 ChatML (its default system prompt names Qwen)"))
+
+register_template(dataclasses.replace(
+    get_template("chatml"), name="qwen3", default_system="", last_answer_prefix="<think>\n\n</think>\n\n",
+    description="Qwen3 ChatML, non-thinking: no default system; the last answer starts with an empty "
+                "<think></think> block, as Qwen3's chat_template renders it"))
 
 register_template(ChatTemplate(
     name="glm4",

@@ -155,7 +155,11 @@ class Engine:
         while pending:
             pending = self._wait_one(pending, bar)
         bar.close()
-        return [s.future.result() for s in seqs]
+        out = [s.future.result() for s in seqs]
+        if stop_ids is None:  # a chat answer: drop the text the template writes before the content
+            for c in out:
+                c.text = self.template_for(adapter).answer_text(c.text)
+        return out
 
     @staticmethod
     def _wait_one(pending: set, bar) -> set:
