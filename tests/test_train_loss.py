@@ -118,11 +118,22 @@ def test_no_grad_and_chunk_sizes_agree(bases):
     assert label_only_loss(seen[-1], empty, head).item() == 0.0
 
 
-def test_trainer_reports_the_same_train_and_eval_loss(tiny_llama, tmp_path):
+def test_trainer_reports_the_same_train_and_eval_loss(tiny_llama, tmp_path, monkeypatch):
     """Three steps with gradient accumulation (num_items_in_batch) and an eval split: the
-    label-only Trainer logs the same losses as the stock one, step by step."""
+    label-only Trainer logs the same losses as the stock one, step by step, and it is the one
+    that runs by default."""
+    from zhlora.train import trainer as trainer_mod
     from zhlora.train.config import load_config
     from zhlora.train.sft import train
+
+    calls = {"n": 0}
+    real = trainer_mod.label_only_loss
+
+    def counting(*a, **kw):          # the real function, counted
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(trainer_mod, "label_only_loss", counting)
 
     data = ROOT / "examples" / "data" / "zh_instruct_sample.jsonl"
     runs = {}
@@ -133,8 +144,12 @@ def test_trainer_reports_the_same_train_and_eval_loss(tiny_llama, tmp_path):
                                        "eval_steps=2", "learning_rate=1e-2", "lora_dropout=0",
                                        f"label_only_loss={flag}"]))
         log = [json.loads(x) for x in (res.output / "train_log.jsonl").read_text().splitlines()]
-        runs[flag] = dict(res.metrics, steps=[(h["step"], h.get("loss"), h.get("eval_loss")) for h in log
+        runs[flag] = dict(res.metrics, calls=calls["n"], steps=[(h["step"], h.get("loss"), h.get("eval_loss")) for h in log
                                               if "loss" in h or "eval_loss" in h])
+    from zhlora.train.config import TrainConfig
+
+    assert TrainConfig().label_only_loss and TrainConfig().padding_free      # both on by default
+    assert runs["true"]["calls"] > 0 and runs["false"]["calls"] == runs["true"]["calls"]   # false adds none
     assert len(runs["true"]["steps"]) >= 4
     for a, b in zip(runs["true"]["steps"], runs["false"]["steps"], strict=True):
         assert a[0] == b[0] and a[1:] == pytest.approx(b[1:], abs=1e-5)

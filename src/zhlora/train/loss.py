@@ -62,7 +62,7 @@ def label_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return hidden[:, :-1][keep], targets[keep]
 
 
-def chunk_rows(head: torch.nn.Module, hidden_size: int) -> int:
+def chunk_rows(head: torch.nn.Module) -> int:
     """Rows per chunk so one chunk's logits hold about CHUNK_ELEMENTS numbers."""
     weight = getattr(head, "weight", None)
     vocab = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 32768
@@ -75,7 +75,7 @@ def label_only_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.M
     positions, `chunk` rows at a time. hidden (B, T, H); labels (B, T), -100 = not trained.
     Divides the summed loss by `num_items_in_batch` if given, else by the label count."""
     rows, targets = label_rows(hidden, labels)
-    chunk = chunk or chunk_rows(head, hidden.shape[-1])
+    chunk = chunk or chunk_rows(head)
     denom = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     if torch.is_tensor(denom):
         denom = denom.to(hidden.device)
