@@ -195,9 +195,9 @@ class SoloBackend:
         if hasattr(model, "peft_config"):
             kw["adapter_names"] = [BASE_ROW if seq.adapter is None else seq.adapter]
         ids = torch.tensor([seq.prompt + seq.generated], device=self.engine.device)
-        inputs = model.prepare_inputs_for_generation(
-            ids, past_key_values=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
-            cache_position=torch.arange(ids.shape[1] - len(new), ids.shape[1], device=ids.device))
+        inputs = model.prepare_inputs_for_generation(  # as in generate(): the model's own rules
+            ids, cache=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
+            next_sequence_length=len(new))
         inputs.update(kw)
         out = model(**inputs)
         return out.logits[0, -1].float()
