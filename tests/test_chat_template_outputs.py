@@ -81,7 +81,8 @@ def test_gguf_export_of_a_merged_model_carries_the_chat_template(tmp_path):
     from _official import sentencepiece_proto_from_gguf, write_llama_tokenizer_folder
     from zhlora.merge.gguf_export import export_gguf
     from zhlora.merge.merge import merge_adapters
-    from zhlora.models.tiny import make_tiny_adapter, make_tiny_model
+    from zhlora.models.tiny import make_tiny_model
+    from zhlora.train.lora import make_tiny_adapter
 
     sp_dir = write_llama_tokenizer_folder(tmp_path / "sp", sentencepiece_proto_from_gguf("llama-spm"))
     base = make_tiny_model(tmp_path / "base", "llama", tokenizer=load_tokenizer(sp_dir), hidden=16, layers=1,

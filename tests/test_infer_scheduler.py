@@ -150,3 +150,25 @@ def test_infer_unload_waits_for_running_requests(infer_setup):
     assert lru_engine.adapter_names == ["gec"] and set(lru_engine.model.peft_config) == {"gec"}
     with pytest.raises(ZhloraError, match="unknown adapter 'poem'"):
         lru_engine.generate(convs()[:1], "poem", opts)
+
+
+def test_infer_chatglm_steps_alone_like_generate(tmp_path):
+    """zhlora's ChatGLM port is outside transformers' attention interface: each sequence
+    steps alone (SoloBackend) and gives what transformers' generate gives."""
+    import torch
+
+    from zhlora.infer.decoding import SoloBackend
+    from zhlora.models.chatglm.tiny import make_tiny_chatglm
+
+    eng = Engine.load(make_tiny_chatglm(tmp_path / "glm2", "chatglm2"))
+    assert isinstance(eng.scheduler.backend(), SoloBackend)
+    opts = GenerationOptions(max_new_tokens=8, ignore_eos=True)
+    prompts = [eng.encode(c, None, 8) for c in convs(PROMPTS[:2])]
+    got = [c.completion_tokens for c in eng.complete(prompts, None, opts)]
+    texts = [c.text for c in eng.complete(prompts, None, opts)]
+    for ids, text in zip(prompts, texts):
+        with eng.using(None) as model:
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=8, do_sample=False, eos_token_id=None)
+        assert text == eng.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    assert got == [8, 8]

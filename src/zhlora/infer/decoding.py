@@ -113,18 +113,13 @@ class RowsBackend:
     def decode(self, seqs: list) -> torch.Tensor:
         """One token for every sequence -> logits (len(seqs), V), rows in `seqs` order."""
         layout = padded_layout([s.adapter for s in seqs])
+        rows = [(r, seqs[i].cache) for r, (i, _) in enumerate(layout) if i is not None]
+        where = {i: r for r, (i, _) in enumerate(layout) if i is not None}
+        tok = [[seqs[i].last_token if i is not None else 0] for i, _ in layout]    # dummies: token 0
+        pos = [[seqs[i].length - 1 if i is not None else 0] for i, _ in layout]
         dev = self.engine.device
-        ids = torch.zeros(len(layout), 1, dtype=torch.long, device=dev)
-        pos = torch.zeros(len(layout), 1, dtype=torch.long, device=dev)
-        rows, names, where = [], [], {}
-        for r, (i, name) in enumerate(layout):
-            names.append(name)
-            if i is not None:
-                s = seqs[i]
-                ids[r, 0], pos[r, 0] = s.last_token, s.length - 1
-                rows.append((r, s.cache))
-                where[i] = r
-        logits = self._forward(ids, pos, names, rows)
+        logits = self._forward(torch.tensor(tok, device=dev), torch.tensor(pos, device=dev),
+                               [name for _, name in layout], rows)
         return logits[[where[i] for i in range(len(seqs))]]
 
     def _forward(self, ids, pos, names, rows) -> torch.Tensor:
@@ -195,9 +190,9 @@ class SoloBackend:
         if hasattr(model, "peft_config"):
             kw["adapter_names"] = [BASE_ROW if seq.adapter is None else seq.adapter]
         ids = torch.tensor([seq.prompt + seq.generated], device=self.engine.device)
-        inputs = model.prepare_inputs_for_generation(
-            ids, past_key_values=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
-            cache_position=torch.arange(ids.shape[1] - len(new), ids.shape[1], device=ids.device))
+        inputs = model.prepare_inputs_for_generation(  # as in generate(): the model's own rules
+            ids, cache=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
+            next_sequence_length=len(new))
         inputs.update(kw)
         out = model(**inputs)
         return out.logits[0, -1].float()

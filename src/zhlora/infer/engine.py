@@ -210,10 +210,12 @@ class Engine:
         with self.lock:
             self.adapters.forget(name)
         deadline = time.monotonic() + timeout
-        while self.scheduler.in_use(name) and time.monotonic() < deadline:
+        while True:
+            with self.lock:  # between scheduler steps: every request is queued or running
+                if not self.scheduler.in_use(name) or time.monotonic() > deadline:
+                    self.adapters.drop(name)
+                    return
             time.sleep(0.02)
-        with self.lock:
-            self.adapters.drop(name)
 
     @contextlib.contextmanager
     def using(self, adapter: str | None = None):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zhlora.errors import ZhloraError
 from zhlora.infer.decoding import RowsBackend, SeqCache, SoloBackend
 from zhlora.infer.options import GenerationOptions
 from zhlora.infer.streaming import StopRules
@@ -134,13 +135,19 @@ class Scheduler:
             except Exception as e:  # this request fails alone
                 self._fail(seq, e)
                 continue
-            if not self._take(seq, logits):
+            end = self._take(seq, logits)
+            if end:
+                self._finish(seq, stop_token=end.stop_token)
+            else:
                 self._running.append(seq)
 
     def _next_admissible(self) -> Sequence | None:
         """The oldest waiting request whose adapter can be in memory now (LRU, --max-loras)."""
         for seq in list(self._waiting):
-            if seq.cancel.is_set() or self.engine.adapters.make_resident(seq.adapter, self.busy_adapters()):
+            if seq.adapter is not None and seq.adapter not in self.engine.adapters.records:
+                self._waiting.remove(seq)   # unloaded after it was queued
+                self._fail(seq, ZhloraError(f"adapter {seq.adapter!r} was unloaded"))
+            elif seq.cancel.is_set() or self.engine.adapters.make_resident(seq.adapter, self.busy_adapters()):
                 self._waiting.remove(seq)
                 return seq
         return None
@@ -159,12 +166,14 @@ class Scheduler:
         self.steps += 1
         self.widest = max(self.widest, len(self._running))
         self.mixed_steps += len({s.adapter for s in self._running}) > 1
-        done = [s for s, row in zip(self._running, logits) if self._take(s, row)]
-        for seq in done:
+        ended = [(s, end) for s, row in zip(self._running, logits) if (end := self._take(s, row))]
+        for seq, _ in ended:  # out of the batch first: a finished request's slot is free when it hears
             self._running.remove(seq)
+        for seq, end in ended:
+            self._finish(seq, stop_token=end.stop_token)
 
-    def _take(self, seq: Sequence, logits: torch.Tensor) -> bool:
-        """Choose the next token of `seq`; -> True when the sequence has ended (and finish it)."""
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> "_End | None":
+        """Choose the next token of `seq`; -> an `_End` when the sequence has ended."""
         token = choose_token(seq, logits)
         if seq.first_token_at is None:
             seq.first_token_at = time.perf_counter()
@@ -176,9 +185,7 @@ class Scheduler:
                 seq.sink.put(torch.tensor([token]))
             ended = (len(seq.generated) >= seq.options.max_new_tokens or bool(limit and seq.length >= limit)
                      or (rules.stop_strings and rules.cut_at_stop_string(rules.decode(seq.generated))[1]))
-        if ended:
-            self._finish(seq, stop_token=token if token in rules.stop_ids else None)
-        return bool(ended)
+        return _End(token if token in rules.stop_ids else None) if ended else None
 
     def _finish(self, seq: Sequence, cancelled: bool = False, stop_token: int | None = None) -> None:
         ids = seq.generated + ([stop_token] if stop_token is not None else [])
@@ -203,12 +210,19 @@ class Scheduler:
             seq.future.set_exception(error)
 
 
+@dataclass
+class _End:
+    stop_token: int | None  # the end-of-turn token that ended it, if any
+
+
 def choose_token(seq: Sequence, logits: torch.Tensor) -> int:
     """Greedy (temperature 0) or sampled next token from logits (V,), after the request's
     repetition penalty, temperature and top_p (transformers' logits processors)."""
     from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
     opts = seq.options
+    if opts.temperature <= 0 and opts.repetition_penalty == 1.0:
+        return int(logits.argmax())
     scores = logits[None]                                               # (1, V)
     seen = torch.tensor([seq.prompt + seq.generated], device=logits.device)
     if opts.repetition_penalty != 1.0:
