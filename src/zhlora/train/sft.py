@@ -27,6 +27,7 @@ from zhlora.runinfo import write_adapter_meta
 from zhlora.templates import get_template
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
+from zhlora.train.distributed import adapter_state, import_deepspeed, init_deepspeed_comm
 from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
 from zhlora.train.packed_attention import segment_attention, supports_segments
 
@@ -131,8 +132,10 @@ def build_rows(convs, template, tokenizer, cfg: TrainConfig, family: Family):
 def build_model(cfg: TrainConfig, family: Family, tokenizer):
     from transformers import set_seed
 
-    set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
     model = load_model(cfg.model, dtype=cfg.dtype, allow_bin=cfg.allow_bin)
+    # seeded after loading: LoRA's A matrices and resized embeddings are drawn from here on,
+    # the same whether or not the load (ZeRO-3's partitioned init) consumed random numbers
+    set_seed(cfg.seed)
     resized = resize_for_tokenizer(model, tokenizer)
     lora, grown = cfg.lora, ()
     if resized:
@@ -163,9 +166,10 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
                               "with DS_BUILD_OPS=0 pip install 'zhlora[deepspeed]', or drop the deepspeed key")
         if not Path(cfg.deepspeed).is_file():
             raise ZhloraError(f"deepspeed={cfg.deepspeed}: no such file; ZeRO configs ship in examples/deepspeed/")
+        import_deepspeed()  # imported here, quietly, before transformers imports it loudly
     if "tensorboard" in report:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plan.partial / "runs"))
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(plan.partial), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -181,6 +185,9 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         deepspeed=cfg.deepspeed,
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,
     )
+    if cfg.deepspeed:
+        init_deepspeed_comm()
+    return args
 
 
 def _importable(module: str) -> bool:
@@ -208,12 +215,11 @@ def packed_attention(cfg: TrainConfig, model):
     return segment_attention(model)
 
 
-def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
+def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks):
     from transformers import Trainer
 
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
                            block_mask=not uses_segments(cfg, model))
-    args = training_arguments(cfg, plan, bool(eval_rows))
     trainer = Trainer(model=model, args=args, data_collator=collator,
                       train_dataset=ds.RowDataset(train_rows),
                       eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
@@ -253,8 +259,11 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     say(f"data: {stats.samples} training samples -> {len(train_rows)} rows"
         f"{' (packed)' if cfg.packing else ''}, {stats.label_tokens} response tokens, "
         f"{stats.truncated} truncated at cutoff_len={cfg.cutoff_len}, {len(eval_convs)} held out")
+    # the arguments come first: with a ZeRO-3 config they make from_pretrained load the weights
+    # already partitioned (deepspeed.zero.Init) instead of whole on every process
+    args = training_arguments(cfg, plan, bool(eval_rows))
     model, resized = build_model(cfg, family, tokenizer)
-    trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
+    trainer = make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks)
     if plan.resume_from:
         say(f"resuming from {plan.resume_from}")
     with packed_attention(cfg, model):
@@ -274,10 +283,12 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
 
 
 def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
-    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it."""
+    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it.
+    Sharded runs (ZeRO-3, FSDP) gather the adapter's parameters on every rank first."""
     trainer.accelerator.wait_for_everyone()
+    state = adapter_state(trainer)
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(plan.partial))
+        trainer.model.save_pretrained(str(plan.partial), state_dict=state)
         if save_tokenizer:
             tokenizer.save_pretrained(str(plan.partial))
         write_adapter_meta(plan.partial, meta)
