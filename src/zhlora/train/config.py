@@ -79,6 +79,7 @@ class TrainConfig:
     overwrite: bool = False               # replace an existing output_dir
     allow_bin: bool = False               # allow pickled .bin base weights (weights_only load)
     deepspeed: str | None = None          # path to a DeepSpeed JSON config
+    fsdp: str | None = None               # path to an FSDP JSON config (examples/fsdp/lora.json)
     report_to: str | None = "tensorboard"  # tensorboard | none
     max_new_tokens: int = 256             # generation default stored in the adapter metadata
 
@@ -115,6 +116,8 @@ class TrainConfig:
             problems.append(f"`train_on` must be all or last, got {self.train_on!r}")
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set `epochs` > 0 or `max_steps` > 0")
+        if self.deepspeed and self.fsdp:
+            problems.append("`deepspeed` and `fsdp` both set; shard with one of them")
         if problems:
             raise ConfigError("bad training recipe:\n  " + "\n  ".join(problems))
 

@@ -12,7 +12,6 @@ Two things a sharded run needs that a single process does not:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import warnings
@@ -30,24 +29,29 @@ def zero_stage(deepspeed_config: str | None) -> int:
     return int((conf.get("zero_optimization") or {}).get("stage", 0) or 0)
 
 
-@contextlib.contextmanager
-def quiet_deepspeed():
-    """DeepSpeed logs at import which accelerator it picked ("Setting ds_accelerator to cpu
-    (auto detect)") and ops it could not build; a user cannot act on either. Raise its
-    logger to ERROR while it is imported, then leave it as it was."""
+class _NoAcceleratorChatter(logging.Filter):
+    """Drops DeepSpeed's notes on which accelerator it picked ("Setting accelerator to CPU. If
+    you have GPU ..."), logged at import by any library that imports DeepSpeed: on a CPU
+    machine or with DS_ACCELERATOR set there is nothing for the user to do about them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith(("Setting accelerator to", "Setting ds_accelerator to"))
+
+
+def quiet_deepspeed() -> None:
+    """Install the filter on the "DeepSpeed" logger (before DeepSpeed is imported: the filter
+    survives the logger set-up DeepSpeed's import does; its level would not)."""
     logger = logging.getLogger("DeepSpeed")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    if not any(isinstance(f, _NoAcceleratorChatter) for f in logger.filters):
+        logger.addFilter(_NoAcceleratorChatter())
 
 
 def import_deepspeed():
     """`import deepspeed` without its start-up chatter."""
-    with quiet_deepspeed():
-        import deepspeed
+    quiet_deepspeed()
+    import deepspeed
+
     # DeepSpeed's collectives call torch.distributed functions torch has renamed
     warnings.filterwarnings("ignore", category=FutureWarning,
                             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)`")
@@ -77,17 +81,14 @@ def adapter_state(trainer) -> dict | None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
             return {n: p.detach().cpu().clone() for n, p in named}
-    if getattr(trainer, "is_fsdp_enabled", False):
-        full = trainer.accelerator.get_state_dict(trainer.model_wrapped)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        return {k: v for k, v in full.items() if _strip_fsdp(k) in trainable} if full else {}
+    if getattr(trainer, "is_fsdp_enabled", False):  # FSDP2: each parameter is a sharded DTensor
+        from torch.distributed.tensor import DTensor
+
+        return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+                for n, p in model.named_parameters() if p.requires_grad}
     return None
 
 
 def _is_zero3(trainer) -> bool:
     plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     return plugin is not None and plugin.zero_stage == 3
-
-
-def _strip_fsdp(name: str) -> str:
-    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")

@@ -27,7 +27,7 @@ from zhlora.runinfo import write_adapter_meta
 from zhlora.templates import get_template
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
-from zhlora.train.distributed import adapter_state, import_deepspeed, init_deepspeed_comm
+from zhlora.train.distributed import adapter_state, import_deepspeed, init_deepspeed_comm, quiet_deepspeed
 from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
 from zhlora.train.packed_attention import segment_attention, supports_segments
 
@@ -152,6 +152,7 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
+    quiet_deepspeed()  # transformers and accelerate import DeepSpeed when it is installed
     on_gpu = torch.cuda.is_available()
     dtype = resolve_dtype(cfg.dtype)
     eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
@@ -167,6 +168,8 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         if not Path(cfg.deepspeed).is_file():
             raise ZhloraError(f"deepspeed={cfg.deepspeed}: no such file; ZeRO configs ship in examples/deepspeed/")
         import_deepspeed()  # imported here, quietly, before transformers imports it loudly
+    if cfg.fsdp and not Path(cfg.fsdp).is_file():
+        raise ZhloraError(f"fsdp={cfg.fsdp}: no such file; an FSDP config ships in examples/fsdp/lora.json")
     if "tensorboard" in report:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plan.partial / "runs"))
     args = TrainingArguments(
@@ -182,7 +185,7 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu, ddp_backend=None if on_gpu or world_size() == 1 else "gloo",
-        deepspeed=cfg.deepspeed,
+        deepspeed=cfg.deepspeed, fsdp=bool(cfg.fsdp), fsdp_config=cfg.fsdp,
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,
     )
     if cfg.deepspeed:
