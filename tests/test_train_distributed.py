@@ -103,3 +103,14 @@ def test_fsdp_adapter_is_complete_and_matches_zero2(tiny_llama, zero2_run, tmp_p
     the shipped examples/fsdp/lora.json: each rank holds a shard of every parameter."""
     out = _two_process_run(tiny_llama, tmp_path / "fsdp", 32500, f"fsdp={ROOT / 'examples/fsdp/lora.json'}")
     _assert_same_adapter(tiny_llama, out, zero2_run)
+
+
+def test_deepspeed_import_is_quiet():
+    """DeepSpeed announces at import which accelerator it picked; zhlora filters that note."""
+    pytest.importorskip("deepspeed")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    code = "from zhlora.train.distributed import import_deepspeed; import_deepspeed(); print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+    assert "Setting accelerator" not in res.stdout + res.stderr
+    assert "Setting ds_accelerator" not in res.stdout + res.stderr

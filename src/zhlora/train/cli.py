@@ -28,11 +28,11 @@ def run(args) -> int:
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
-    cfg = load_config(config, overrides)
-    if args.plan:
+    if args.plan:  # the plan reads no data: any `data` will do, none is required
         from zhlora.train.plan import print_plan
 
-        print_plan(cfg)
+        print_plan(load_config(config, [*overrides, "data=(not read by --plan)"]))
         return 0
+    cfg = load_config(config, overrides)
     train(cfg)
     return 0

@@ -12,21 +12,8 @@ Two things a sharded run needs that a single process does not:
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-from pathlib import Path
-
-
-def zero_stage(deepspeed_config: str | None) -> int:
-    """The ZeRO stage a DeepSpeed JSON config asks for (0 without one)."""
-    if not deepspeed_config:
-        return 0
-    try:
-        conf = json.loads(Path(deepspeed_config).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 0  # training_arguments reports a missing file; DeepSpeed reports bad JSON
-    return int((conf.get("zero_optimization") or {}).get("stage", 0) or 0)
 
 
 class _NoAcceleratorChatter(logging.Filter):
