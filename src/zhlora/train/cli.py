@@ -15,6 +15,9 @@ def register(sub) -> None:
                                    f"recipe keys: {keys}")
     p.add_argument("config", nargs="?", help="YAML recipe (optional if every key is given as key=value)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override recipe keys")
+    p.add_argument("--plan", action="store_true",
+                   help="print parameter counts and the estimated peak memory (LoRA and QLoRA) from "
+                        "the model's config.json alone, then exit without reading weights or data")
     p.set_defaults(func=run)
 
 
@@ -25,5 +28,11 @@ def run(args) -> int:
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config] + overrides
-    train(load_config(config, overrides))
+    if args.plan:  # the plan reads no data: any `data` will do, none is required
+        from zhlora.train.plan import print_plan
+
+        print_plan(load_config(config, [*overrides, "data=(not read by --plan)"]))
+        return 0
+    cfg = load_config(config, overrides)
+    train(cfg)
     return 0

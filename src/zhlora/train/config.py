@@ -83,6 +83,7 @@ class TrainConfig:
     overwrite: bool = False               # replace an existing output_dir
     allow_bin: bool = False               # allow pickled .bin base weights (weights_only load)
     deepspeed: str | None = None          # path to a DeepSpeed JSON config
+    fsdp: str | None = None               # path to an FSDP JSON config (examples/fsdp/lora.json)
     report_to: str | None = "tensorboard"  # tensorboard | none
     max_new_tokens: int = 256             # generation default stored in the adapter metadata
 
@@ -120,6 +121,8 @@ class TrainConfig:
         problems += self._hardware_problems()
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set `epochs` > 0 or `max_steps` > 0")
+        if self.deepspeed and self.fsdp:
+            problems.append("`deepspeed` and `fsdp` both set; shard with one of them")
         if problems:
             raise ConfigError("bad training recipe:\n  " + "\n  ".join(problems))
 

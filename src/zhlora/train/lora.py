@@ -11,7 +11,7 @@ from zhlora.train.config import LoraSettings
 def resize_for_tokenizer(model, tokenizer) -> dict | None:
     """Grow the embeddings when the tokenizer is larger than the model (Chinese-LLaMA's
     49953/49954-token vocabularies over a 32000-token base). Returns {"from", "to"} or None."""
-    old = model.get_input_embeddings().weight.shape[0]
+    old = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 partitions it to 0 rows
     new = len(tokenizer)
     if new <= old:
         return None
@@ -68,8 +68,11 @@ def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool =
 
 
 def trainable_summary(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    def numel(p):  # ZeRO-3 partitions a parameter to 0 elements and keeps its size in ds_numel
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return f"trainable params {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
 

@@ -29,6 +29,7 @@ from zhlora.runinfo import write_adapter_meta, write_chat_template
 from zhlora.templates import template_for_model
 from zhlora.train import dataset as ds
 from zhlora.train.config import TrainConfig
+from zhlora.train.distributed import adapter_state, import_deepspeed, init_deepspeed_comm, quiet_deepspeed
 from zhlora.train.lora import apply_lora, lora_config, resize_for_tokenizer, trainable_summary
 from zhlora.train.packed_attention import segment_attention, supports_segments
 
@@ -151,9 +152,11 @@ def say_template_cost(convs, template, tokenizer, stats, cutoff_len: int) -> Non
 def build_model(cfg: TrainConfig, family: Family, tokenizer):
     from transformers import set_seed
 
-    set_seed(cfg.seed)  # LoRA's A matrices and resized embeddings are drawn here
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, allow_bin=cfg.allow_bin,
                        quantization=cfg.quantization, place=False)  # the Trainer places it
+    # seeded after loading: LoRA's A matrices and resized embeddings are drawn from here on,
+    # the same whether or not the load (ZeRO-3's partitioned init) consumed random numbers
+    set_seed(cfg.seed)
     resized = resize_for_tokenizer(model, tokenizer)
     lora, grown = cfg.lora, ()
     if resized:
@@ -173,6 +176,7 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
+    quiet_deepspeed()  # transformers and accelerate import DeepSpeed when it is installed
     device, dtype = devices.decide(cfg.device, cfg.dtype)
     on_gpu = device.type == "cuda"
     eval_steps = cfg.eval_steps or (cfg.save_steps if cfg.save_steps > 0 else None)
@@ -187,9 +191,12 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
                               "with DS_BUILD_OPS=0 pip install 'zhlora[deepspeed]', or drop the deepspeed key")
         if not Path(cfg.deepspeed).is_file():
             raise ZhloraError(f"deepspeed={cfg.deepspeed}: no such file; ZeRO configs ship in examples/deepspeed/")
+        import_deepspeed()  # imported here, quietly, before transformers imports it loudly
+    if cfg.fsdp and not Path(cfg.fsdp).is_file():
+        raise ZhloraError(f"fsdp={cfg.fsdp}: no such file; an FSDP config ships in examples/fsdp/lora.json")
     if "tensorboard" in report:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(plan.partial / "runs"))
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(plan.partial), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
@@ -202,9 +209,12 @@ def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
         use_cpu=not on_gpu, ddp_backend=None if on_gpu or world_size() == 1 else "gloo",
-        deepspeed=cfg.deepspeed,
+        deepspeed=cfg.deepspeed, fsdp=bool(cfg.fsdp), fsdp_config=cfg.fsdp,
         disable_tqdm=not is_main_process(), dataloader_num_workers=0,
     )
+    if cfg.deepspeed:
+        init_deepspeed_comm()
+    return args
 
 
 def quiet_deepspeed_on_cpu() -> None:
@@ -246,7 +256,7 @@ def packed_attention(cfg: TrainConfig, model):
     return segment_attention(model)
 
 
-def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
+def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks):
     from transformers import Trainer
 
     from zhlora.train.trainer import LabelOnlyLossTrainer
@@ -255,7 +265,6 @@ def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
     flat = padding_free(cfg, model)
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing or flat,
                            block_mask=not uses_segments(cfg, model), flatten=flat)
-    args = training_arguments(cfg, plan, bool(eval_rows))
     trainer = trainer_class(model=model, args=args, data_collator=collator,
                             train_dataset=ds.RowDataset(train_rows),
                             eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
@@ -299,8 +308,11 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         f"{' (packed)' if cfg.packing else ''}, {stats.label_tokens} response tokens, "
         f"{stats.truncated} truncated at cutoff_len={cfg.cutoff_len}, {len(eval_convs)} held out")
     say_template_cost(train_convs, template, tokenizer, stats, cfg.cutoff_len)
+    # the arguments come first: with a ZeRO-3 config they make from_pretrained load the weights
+    # already partitioned (deepspeed.zero.Init) instead of whole on every process
+    args = training_arguments(cfg, plan, bool(eval_rows))
     model, resized = build_model(cfg, family, tokenizer)
-    trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
+    trainer = make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks)
     if plan.resume_from:
         say(f"resuming from {plan.resume_from}")
     with packed_attention(cfg, model):
@@ -325,10 +337,12 @@ def _compute_dtype(cfg: TrainConfig) -> torch.dtype:
 
 
 def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
-    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it."""
+    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it.
+    Sharded runs (ZeRO-3, FSDP) gather the adapter's parameters on every rank first."""
     trainer.accelerator.wait_for_everyone()
+    state = adapter_state(trainer)
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(plan.partial))
+        trainer.model.save_pretrained(str(plan.partial), state_dict=state)
         write_chat_template(plan.partial, meta["template"], tokenizer if save_tokenizer else None)
         write_adapter_meta(plan.partial, meta)
         history = trainer.state.log_history

@@ -104,7 +104,7 @@ def glm_spec(cfg) -> GLMSpec:
     _refuse(not _get(cfg, "rmsnorm", True), "rmsnorm=false (LayerNorm blocks)")
     _refuse(not _get(cfg, "original_rope", True), "original_rope=false")
     mqa = _get(cfg, "multi_query_attention", False)
-    return GLMSpec(version=2, vocab_size=_get(cfg, "padded_vocab_size", cfg.vocab_size),
+    return GLMSpec(version=2, vocab_size=_get(cfg, "padded_vocab_size") or cfg.vocab_size,
                    head_dim=_get(cfg, "kv_channels", hidden // heads),
                    kv_groups=_get(cfg, "multi_query_group_num", 1) if mqa else heads,
                    ffn_size=cfg.ffn_hidden_size, max_positions=_get(cfg, "seq_length", 2048),

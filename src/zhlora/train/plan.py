@@ -1,0 +1,238 @@
+"""A memory plan before any weight is read: `zhlora train RECIPE --plan`.
+
+The model is built on the meta device from `config.json` alone (no weights, no memory), LoRA
+is put on it through PEFT with the recipe's targets, and the parameters are counted. The peak
+memory of one training process is then estimated for LoRA (weights in the compute dtype) and
+QLoRA (4-bit NF4 weights), in bytes:
+
+    weights        frozen parameters x bytes per parameter (QLoRA: linear layers at 4 bits
+                   plus their quantization constants, the rest in the compute dtype)
+    adapter        trainable parameters x 16: fp32 weight, fp32 gradient, AdamW's two fp32
+                   moments (PEFT keeps adapters in fp32 over a bf16/fp16 base)
+    activations    what autograd keeps for the backward pass, per token (see
+                   `layer_activation_elems`), x layers, x tokens per step (batch x cutoff_len:
+                   packed rows are full; unpacked batches are padded up to the longest row, at
+                   worst cutoff_len); with gradient checkpointing only each layer's input is
+                   kept, plus one layer recomputed at a time
+    logits         batch x cutoff_len x vocab, in the compute dtype, upcast to fp32 for the
+                   loss, and the fp32 gradient of the log-softmax
+
+Not counted: the CUDA context and allocator slack (about 0.5-1 GiB beyond what
+`torch.cuda.max_memory_allocated` reports; `fits` keeps 1 GiB and 10% aside for them), and
+ZeRO/FSDP sharding (the plan is for one process holding the whole model).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zhlora.errors import ZhloraError
+from zhlora.families import family_for_config, read_config
+from zhlora.train.config import TrainConfig
+
+GiB = 1024 ** 3
+# NF4 packs two weights a byte; each block of 64 weights has an absmax constant, itself
+# quantized to 8 bits with one fp32 constant per 256 blocks (double quantization, QLoRA's
+# setting): 0.5 + 1/64 + 4/(64*256) bytes per weight. Without double quantization: 0.5625.
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+ADAPTER_BYTES = 16       # fp32 weight + fp32 grad + AdamW exp_avg + exp_avg_sq
+HEADROOM_BYTES = 1 * GiB  # CUDA context, allocator slack
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs from the model (counts in parameters, sizes in elements)."""
+    total: int          # parameters of the base model
+    trainable: int      # LoRA (and modules_to_save) parameters the recipe trains
+    quantizable: int    # parameters of the linear layers bitsandbytes would quantize
+    largest_linear: int  # elements of the largest quantized weight (dequantized per matmul)
+    layers: int
+    hidden: int
+    vocab: int
+    attn_out: int       # q + k + v projection outputs per token
+    ffn: int            # MLP inner size
+    gated: bool         # SwiGLU-style MLP (two inner projections)
+    lora_inputs: int    # sum of in_features of the LoRA-wrapped linears in one layer
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Estimated peak memory of one training process, in bytes."""
+    method: str
+    weights: float
+    adapter: float
+    activations: float
+    logits: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.adapter + self.activations + self.logits
+
+
+def meta_model(model_dir: str | Path):
+    """The model of `model_dir/config.json` on the meta device: shapes, no storage."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import zhlora  # noqa: F401  (registers the native ChatGLM classes)
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001  (config validation raises many types, hub's strict dataclasses too)
+        raise ZhloraError(f"{model_dir}/config.json: cannot build the model from it ({type(e).__name__}: "
+                          f"{e}); zhlora plans for the families listed by `zhlora train --help`") from None
+
+
+def with_lora(model, family, cfg: TrainConfig):
+    """PEFT's LoRA on the meta model, with the recipe's targets (checked like training does)."""
+    from zhlora.train.lora import apply_lora, lora_config
+
+    with torch.device("meta"):
+        return apply_lora(model, lora_config(family, model, cfg.lora))
+
+
+def decoder_layer(model) -> torch.nn.Module:
+    """The first block of the longest ModuleList: the decoder layers in every family."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    if not lists:
+        raise ZhloraError(f"{type(model).__name__}: no decoder layers found; cannot plan for it")
+    return max(lists, key=len)[0]
+
+
+def read_shape(base) -> Shape:
+    """Sizes of `base`, a meta model without LoRA (trainable counts are filled in later)."""
+    hidden = base.get_input_embeddings().embedding_dim
+    head = base.get_output_embeddings()
+    layer = decoder_layer(base)
+    lins = [m for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    down = [m for m in lins if m.out_features == hidden and m.in_features != hidden]
+    ffn = down[0].in_features if down else 4 * hidden
+    mlp_in = [m for m in lins if m.in_features == hidden and m.out_features in (ffn, 2 * ffn)]
+    attn = [m for m in lins if m.in_features == hidden and m not in mlp_in]
+    quant = [m for m in base.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return Shape(total=sum(p.numel() for p in base.parameters()), trainable=0,
+                 quantizable=sum(m.weight.numel() for m in quant),
+                 largest_linear=max((m.weight.numel() for m in quant), default=0),
+                 layers=len(max((m for m in base.modules() if isinstance(m, torch.nn.ModuleList)), key=len)),
+                 hidden=hidden, vocab=base.get_input_embeddings().num_embeddings,
+                 attn_out=sum(m.out_features for m in attn) - hidden,  # minus the output projection
+                 ffn=ffn, gated=sum(m.out_features for m in mlp_in) >= 2 * ffn, lora_inputs=0)
+
+
+def with_trainable(s: Shape, peft_model) -> Shape:
+    """`s` with the trainable count and LoRA-wrapped inputs of `peft_model` (built on it)."""
+    lora_in = sum(m.base_layer.in_features for m in decoder_layer(peft_model).modules()
+                  if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear))
+    return dataclasses.replace(s, trainable=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
+                               lora_inputs=lora_in)
+
+
+def layer_activation_elems(s: Shape, lora_dropout: float) -> int:
+    """Elements autograd keeps per token for one decoder layer (pre-norm block, fused attention
+    that keeps q, k, v and its output but no T x T score matrix, as sdpa's flash and
+    memory-efficient kernels do):
+    2 norms x (input + normalized) = 4h; q, k, v = attn_out; attention output and the
+    output projection's input = 2h; MLP: gate, up, act(gate), act*up = 4 x ffn (ungated:
+    inner output, activation = 2 x ffn); LoRA dropout keeps a copy of each wrapped input."""
+    mlp = (4 if s.gated else 2) * s.ffn
+    dropout = s.lora_inputs if lora_dropout > 0 else 0
+    return 4 * s.hidden + s.attn_out + 2 * s.hidden + mlp + dropout
+
+
+def activation_bytes(s: Shape, tokens: int, cfg: TrainConfig, dtype_bytes: int) -> float:
+    """Activations of the whole decoder for `tokens` tokens per step (logits apart)."""
+    per_layer = layer_activation_elems(s, cfg.lora_dropout) * dtype_bytes
+    if cfg.gradient_checkpointing:  # each layer's input kept, one layer recomputed at a time
+        kept = s.layers * s.hidden * dtype_bytes + 2 * per_layer
+    else:                           # all layers kept, plus one layer's gradients in flight
+        kept = (s.layers + 1) * per_layer
+    return tokens * (kept + s.hidden * dtype_bytes)  # + the embedding output
+
+
+def logits_bytes(s: Shape, tokens: int, dtype_bytes: int) -> float:
+    """Logits in the compute dtype, their fp32 upcast and the fp32 log-softmax gradient."""
+    return tokens * s.vocab * (dtype_bytes + 4 + 4)
+
+
+def estimate(s: Shape, cfg: TrainConfig, dtype_bytes: int, quantized: bool) -> Estimate:
+    """Peak memory of one process for LoRA (`quantized=False`) or QLoRA, in bytes."""
+    tokens = cfg.batch_size * cfg.cutoff_len
+    if quantized:  # + one dequantized weight in flight during each matmul
+        weights = (s.quantizable * NF4_BYTES + (s.total - s.quantizable) * dtype_bytes
+                   + s.largest_linear * dtype_bytes)
+        method = "QLoRA (4-bit NF4)"
+    else:
+        weights, method = s.total * dtype_bytes, f"LoRA ({_DTYPE_NAMES[dtype_bytes]})"
+    return Estimate(method, weights, s.trainable * ADAPTER_BYTES,
+                    activation_bytes(s, tokens, cfg, dtype_bytes), logits_bytes(s, tokens, dtype_bytes))
+
+
+_DTYPE_NAMES = {2: "bf16", 4: "fp32"}
+
+
+def plan_dtype_bytes(cfg: TrainConfig) -> int:
+    """Bytes per weight/activation of the run the plan is for: the recipe's dtype; `auto` plans
+    for a GPU (bf16), as CPU runs are for smoke tests."""
+    name = (cfg.dtype or "auto").lower()
+    return 4 if name in ("float32", "fp32") else 2
+
+
+def visible_gpus() -> list[tuple[str, int]]:
+    """(name, total bytes) of each GPU torch can see."""
+    if not torch.cuda.is_available():
+        return []
+    return [(torch.cuda.get_device_properties(i).name, torch.cuda.get_device_properties(i).total_memory)
+            for i in range(torch.cuda.device_count())]
+
+
+def fits(est: Estimate, total_bytes: int) -> bool:
+    """Leaves 10% and HEADROOM_BYTES for what the estimate does not count."""
+    return est.total * 1.1 + HEADROOM_BYTES <= total_bytes
+
+
+def build_plan(cfg: TrainConfig) -> tuple[Shape, list[Estimate]]:
+    """Meta model, LoRA, counts and the LoRA and QLoRA estimates for a recipe."""
+    family = family_for_config(read_config(cfg.model), f"{cfg.model}/config.json")
+    base = meta_model(cfg.model)
+    shape = read_shape(base)
+    shape = with_trainable(shape, with_lora(base, family, cfg))
+    b = plan_dtype_bytes(cfg)
+    return shape, [estimate(shape, cfg, b, quantized=False), estimate(shape, cfg, b, quantized=True)]
+
+
+def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> str:
+    """The table `zhlora train --plan` prints."""
+    tokens = cfg.batch_size * cfg.cutoff_len
+    lines = [f"memory plan for {cfg.model} (from config.json; no weights read)",
+             f"  parameters: {shape.total:,} ({shape.total / 1e9:.2f}B); trainable (LoRA r={cfg.lora_r}): "
+             f"{shape.trainable:,} ({100 * shape.trainable / shape.total:.3f}%)",
+             f"  per step and process: batch_size {cfg.batch_size} x cutoff_len {cfg.cutoff_len} = "
+             f"{tokens:,} tokens, packing {'on' if cfg.packing else 'off'}, gradient checkpointing "
+             f"{'on' if cfg.gradient_checkpointing else 'off'}",
+             f"  {'GiB':<28}" + "".join(f"{e.method:>20}" for e in ests)]
+    for label, attr in (("weights", "weights"), ("LoRA weights+grads+AdamW", "adapter"),
+                        ("activations", "activations"), ("logits and loss", "logits"),
+                        ("estimated peak", "total")):
+        lines.append(f"  {label:<28}" + "".join(f"{getattr(e, attr) / GiB:>20.2f}" for e in ests))
+    lines += fit_lines(ests, gpus)
+    lines.append("  QLoRA needs quantization=4bit and bitsandbytes; gradient_checkpointing=true "
+                 "cuts activations to about one layer's worth")
+    return "\n".join(lines)
+
+
+def fit_lines(ests: list[Estimate], gpus) -> list[str]:
+    if not gpus:
+        return ["  GPUs: none visible (torch.cuda.is_available() is False); compare the estimate "
+                "with your GPU's memory (keep ~1 GiB for the CUDA context)"]
+    return [f"  GPU {i} {name} ({total / GiB:.0f} GiB): "
+            + ", ".join(f"{e.method} {'fits' if fits(e, total) else 'does NOT fit'}" for e in ests)
+            for i, (name, total) in enumerate(gpus)]
+
+
+def print_plan(cfg: TrainConfig) -> None:
+    """`zhlora train RECIPE --plan`."""
+    shape, ests = build_plan(cfg)
+    print(format_plan(cfg, shape, ests, visible_gpus()))
