@@ -141,7 +141,7 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
             f"embeddings and training {', '.join([*lora.modules_to_save, *grown])} whole (PEFT modules_to_save)")
     lcfg = lora_config(family, model, lora, grown)
     model = apply_lora(model, lcfg, cfg.gradient_checkpointing)
-    say(f"LoRA r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
+    say(f"{'DoRA' if lora.use_dora else 'LoRA'} r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
 
