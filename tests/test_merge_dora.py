@@ -115,7 +115,7 @@ def test_dora_files_that_disagree_with_their_config_are_refused(tmp_path, capsys
     sd = load_file(dora / "adapter_model.safetensors")
     mag = next(k for k in sd if "magnitude" in k)
     cases = {"short": ({**sd, mag: sd[mag][:-1]}, "DoRA magnitude has shape [31]"),
-             "missing": ({k: v for k, v in sd.items() if k != mag}, "lacks a lora_magnitude_vector"),
+             "missing": ({k: v for k, v in sd.items() if k != mag}, "lack a lora_magnitude_vector"),
              "orphan": ({mag: sd[mag]}, "has no lora_A/lora_B")}
     for name, (weights, words) in cases.items():
         bad = tmp_path / name

@@ -208,10 +208,9 @@ def _check_dora(ad: Adapter, orphans: dict[str, str]) -> None:
     dora = bool(ad.config.get("use_dora"))
     odd = [p.module for p in ad.pairs if (p.magnitude_key is not None) != dora]
     if odd:
-        has = "lacks" if dora else "has"
-        raise ZhloraError(f"{ad.folder}: adapter_config.json says use_dora={dora}, but the weights of {odd[0]} "
-                          f"({len(odd)} module(s)) {has} a lora_magnitude_vector; config and weights disagree, "
-                          "re-save the adapter with PEFT")
+        raise ZhloraError(f"{ad.folder}: adapter_config.json says use_dora={dora}, but {len(odd)} module(s) "
+                          f"(e.g. {odd[0]}) {'lack' if dora else 'have'} a lora_magnitude_vector in "
+                          f"{ad.weights.name}; config and weights disagree, re-save the adapter with PEFT")
 
 
 def _pattern_value(patterns: dict, module: str, default):
