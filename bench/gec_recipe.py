@@ -12,6 +12,9 @@ greedy confusion decoder (the adapter's own judgement) at each of `--margins`: C
 F0.5 and pycorrector's sentence-level F1. Results go to `--out` (one folder per recipe) and
 are printed as table rows. The numbers in docs/demo.md came from this procedure with 600 steps
 on one thread (that study's dev sentences were drawn differently, so expect small differences).
+`--use-dora` trains the same recipe as DoRA (PEFT's weight-decomposed LoRA); its run folder ends
+in `-dora`. Run the two side by side, one thread each, for a fair training-time ratio; create the
+shared dev set first (the first run writes it), e.g. start the LoRA run a minute before the DoRA run.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--margins", default="2,3,4,5", help="greedy decoder margins to score")
     ap.add_argument("--dev-pairs", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--use-dora", action="store_true",
+                    help="train DoRA (recipe key use_dora=true) instead of plain LoRA, all else the demo's")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -64,6 +69,7 @@ def main() -> None:
             raise SystemExit("gec synth failed for the dev set")
 
     tag = f"e{a.error_rate}-k{a.keep_ratio}-m{a.max_edits}-{a.substitute}-n{a.pairs}-s{a.steps}"
+    tag += "-dora" if a.use_dora else ""
     run = out / tag
     run.mkdir(exist_ok=True)
     train_clean = run / "train_clean.txt"
@@ -76,7 +82,7 @@ def main() -> None:
                                      "--substitute", a.substitute]) != 0:
         raise SystemExit("gec synth failed for the training pairs")
     t0 = time.time()
-    adapter = train_lora(EMBEDDED_BASE_DIR, data, run / "lora", a.steps)
+    adapter = train_lora(EMBEDDED_BASE_DIR, data, run / "lora", a.steps, extra=("use_dora=true",) if a.use_dora else ())
     rows = {"train_seconds": round(time.time() - t0, 1)}
     for m in [float(x) for x in a.margins.split(",") if x.strip()]:
         ev = run / f"dev-confusion-m{m:g}"

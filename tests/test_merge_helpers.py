@@ -13,7 +13,8 @@ IDS = torch.tensor([[1, 5, 9, 20, 33, 40, 2, 17]])
 
 def build_adapter(base: Path, out: Path, seed: int = 0, resize_to: int | None = None, tokenizer=None,
                   meta: bool = True, fingerprint_dir: Path | None = None, model=None, **lora) -> Path:
-    """Train-free adapter: PEFT LoRA on `base` with random lora_B (and perturbed whole modules)."""
+    """Train-free adapter: PEFT LoRA on `base` with random lora_B (and perturbed whole modules and
+    DoRA magnitudes); `model`: build it on this model (e.g. base + an earlier adapter merged)."""
     from peft import LoraConfig, get_peft_model
 
     from zhlora.families import fingerprint
@@ -34,6 +35,8 @@ def build_adapter(base: Path, out: Path, seed: int = 0, resize_to: int | None = 
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
             elif "modules_to_save" in name:
                 p.add_(torch.randn(p.shape, generator=g) * 0.1)
+            elif "lora_magnitude_vector" in name:       # DoRA: a trained magnitude, not ||W||
+                p.mul_(1 + torch.randn(p.shape, generator=g) * 0.2)
     pm.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

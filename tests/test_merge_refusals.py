@@ -44,7 +44,7 @@ def _refused(capsys, tmp_path, base, *adapters, extra=()) -> str:
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("use_dora", True, "DoRA"), ("peft_type", "IA3", "LoRA adapters only"),
+    ("use_dora", True, "lack a lora_magnitude_vector"), ("peft_type", "IA3", "LoRA adapters only"),
     ("bias", "all", "bias='none'"), ("init_lora_weights", "pissa", "rewrites the base"),
     ("layer_replication", [[0, 2]], "layer replication")])
 def test_merge_refuses_unmergeable_adapter_configs(base, adapter, tmp_path, capsys, field, value, words):

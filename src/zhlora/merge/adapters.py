@@ -6,6 +6,9 @@ A PEFT LoRA file (`adapter_model.safetensors`, keys prefixed `base_model.model.`
     <module>.lora_B.weight            (out, r)     delta W = scale * B @ A   (out, in)
     <module>.lora_embedding_A         (r, vocab)   factors of an Embedding
     <module>.lora_embedding_B         (dim, r)     delta W = scale * (B @ A).T  (vocab, dim)
+    <module>.lora_magnitude_vector    (out,)       DoRA (use_dora): m, one value per output row
+                                                   of the Linear (per embedding dimension, i.e.
+                                                   per column of an Embedding's (vocab, dim))
     <module>.modules_to_save.<param>  a module trained whole (e.g. extended embed_tokens/lm_head)
     <module>.<param>                  PEFT 0.21 writes the trained whole copy under the plain name
                                       too, and a resized base embedding (save_embedding_layers)
@@ -31,7 +34,6 @@ PREFIX = "base_model.model."
 
 # Config fields that change what a LoRA layer computes in ways a plain W += s*B@A cannot hold.
 _UNMERGEABLE = {
-    "use_dora": "DoRA rescales each weight column by a learned magnitude",
     "use_qalora": "QALoRA works on a quantized base",
     "lora_bias": "the adapter trains a bias on lora_B",
     "layer_replication": "layer replication changes the model's structure",
@@ -55,6 +57,12 @@ class LoraPair:
     scale: float
     kind: str = "linear"          # "linear" | "embedding"
     fan_in_fan_out: bool = False  # the base weight is stored (in, out), e.g. GPT-2 Conv1D
+    magnitude_key: str | None = None  # DoRA: the saved magnitude vector m
+
+    @property
+    def transposed(self) -> bool:
+        """The stored tensor is (in, out): an Embedding (vocab, dim) or a fan_in_fan_out Linear."""
+        return self.kind == "embedding" or self.fan_in_fan_out
 
 
 @dataclass
@@ -154,6 +162,7 @@ _LORA_EMB = re.compile(r"^(?P<mod>.+)\.(?P<part>lora_embedding_A|lora_embedding_
 _SAVED = re.compile(r"^(?P<mod>.+)\.modules_to_save(?:\.default)?\.(?P<param>[^.]+)$")
 _BASE_LAYER = re.compile(r"^(?P<mod>.+)\.base_layer\.(?P<param>[^.]+)$")
 _ORIGINAL = re.compile(r"^.+\.original_module\.[^.]+$")
+_MAGNITUDE = re.compile(r"^(?P<mod>.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$")
 
 
 def _classify_keys(ad: Adapter) -> None:
@@ -161,9 +170,12 @@ def _classify_keys(ad: Adapter) -> None:
     factors: dict[tuple[str, str], dict[str, str]] = {}
     plain: dict[str, str] = {}
     saved: dict[str, str] = {}
+    magnitudes: dict[str, str] = {}
     for key in ad.shapes:
         name = key[len(PREFIX):] if key.startswith(PREFIX) else key
-        if (m := _LORA.match(name)) or (m := _LORA_EMB.match(name)):
+        if m := _MAGNITUDE.match(name):
+            magnitudes[m["mod"]] = key
+        elif (m := _LORA.match(name)) or (m := _LORA_EMB.match(name)):
             kind = "embedding" if "embedding" in m["part"] else "linear"
             factors.setdefault((m["mod"], kind), {})[m["part"][-1]] = key
         elif m := _SAVED.match(name):
@@ -183,7 +195,22 @@ def _classify_keys(ad: Adapter) -> None:
             raise ZhloraError(f"{ad.weights}: module {mod!r} has lora_{''.join(parts)} but not both "
                               "A and B factors; the adapter file is incomplete")
         ad.pairs.append(LoraPair(mod, parts["A"], parts["B"], _scale(ad, mod, parts["A"]), kind,
-                                 bool(ad.config.get("fan_in_fan_out")) and kind == "linear"))
+                                 bool(ad.config.get("fan_in_fan_out")) and kind == "linear",
+                                 magnitudes.pop(mod, None)))
+    _check_dora(ad, magnitudes)
+
+
+def _check_dora(ad: Adapter, orphans: dict[str, str]) -> None:
+    """use_dora in the config <=> a magnitude vector for every LoRA pair (what PEFT loads)."""
+    if orphans:
+        raise ZhloraError(f"{ad.weights}: DoRA magnitude {next(iter(orphans.values()))!r} has no lora_A/lora_B "
+                          "factors for its module; the adapter file is incomplete")
+    dora = bool(ad.config.get("use_dora"))
+    odd = [p.module for p in ad.pairs if (p.magnitude_key is not None) != dora]
+    if odd:
+        raise ZhloraError(f"{ad.folder}: adapter_config.json says use_dora={dora}, but {len(odd)} module(s) "
+                          f"(e.g. {odd[0]}) {'lack' if dora else 'have'} a lora_magnitude_vector in "
+                          f"{ad.weights.name}; config and weights disagree, re-save the adapter with PEFT")
 
 
 def _pattern_value(patterns: dict, module: str, default):

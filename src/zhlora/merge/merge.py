@@ -5,6 +5,7 @@ For each base tensor W (out, in), every adapter that touches it is applied in or
     W = saved_copy                       if the adapter trained the module whole (modules_to_save)
     W += scale * B @ A                   LoRA on a Linear; (B @ A).T for fan_in_fan_out / Embedding
     scale = lora_alpha / r               (lora_alpha / sqrt(r) with use_rslora)
+    W = m / ||W||_row * W                DoRA, right after its W += scale * B @ A (see apply_dora)
 
 fp32 because on CPU fp16/bf16 matmuls are slow and each rounding of an intermediate would
 add error; the result is rounded once to the output dtype. Memory held: the tensor being
@@ -193,15 +194,40 @@ def merge_tensor(w: torch.Tensor, t: OutTensor, adapters: list[Adapter], scratch
         p = op.pair
         a = ad.tensor(p.a_key).to(torch.float32)  # (r, in)
         b = ad.tensor(p.b_key).to(torch.float32)  # (out, r)
-        if p.kind == "embedding" or p.fan_in_fan_out:
+        if p.transposed:
             acc.addmm_(a.T, b.T, alpha=p.scale)     # (B @ A).T = A.T @ B.T
         else:
             acc.addmm_(b, a, alpha=p.scale)
+        if p.magnitude_key:
+            apply_dora(acc, ad.tensor(p.magnitude_key), p.transposed)
     if reuse_input and not replaced and w.dtype == t.dtype:
         out = w.copy_(acc)
     else:     # a new buffer: the scratch is overwritten by the next tensor while this one waits
         out = torch.empty(acc.shape, dtype=t.dtype).copy_(acc)
     return _checked(out, t, adapters)
+
+
+def apply_dora(acc: torch.Tensor, magnitude: torch.Tensor, transposed: bool) -> None:
+    """DoRA, in place: acc = V = W + s*B@A  ->  m * V / ||V||, one norm per output row.
+
+    PEFT (tuners/lora/dora.py, get_weight_norm) takes the L2 norm of V in (out, in) layout over
+    dim 1, i.e. per output feature, and m (`lora_magnitude_vector`, shape (out,)) was initialised
+    to the norms of the base weight. A tensor stored (in, out) -- an Embedding's (vocab, dim)
+    (PEFT's DoraEmbeddingLayer uses fan_in_fan_out=True) or a fan_in_fan_out Linear -- is normed
+    over dim 0 and its columns are scaled. V is the weight this adapter sees: with stacked
+    adapters it already holds the earlier ones, as when PEFT merges them one after the other.
+
+    Numerics: V is the fp32 accumulator, never rounded before the norm (PEFT on a half-precision
+    model takes the norm of a half-precision V). The sum of squares of a row runs in fp32 (torch
+    reduces in blocks, so its relative error stays near fp32 precision for rows of 10^4 terms,
+    not 10^4 times it); squares of the weights' magnitudes (~1e-2..1e1) cannot overflow or
+    underflow fp32. m is cast to fp32 and m / ||V|| is one division per row, so each merged
+    row is V times a single factor: one more rounding per element, then the one to the output
+    dtype. A zero row gives inf/NaN, which the finiteness check after the merge reports.
+    """
+    dim = 0 if transposed else 1
+    factor = magnitude.to(torch.float32) / torch.linalg.vector_norm(acc, dim=dim)   # (out,)
+    acc.mul_(factor.view(1, -1) if transposed else factor.view(-1, 1))
 
 
 def _checked(out: torch.Tensor, t: OutTensor, adapters: list[Adapter]) -> torch.Tensor:

@@ -114,6 +114,11 @@ def _plan_adapter(i: int, ad: Adapter, keymap: KeyMap, shapes: dict, ops: dict) 
             problems.append(f"{pair.module}: LoRA delta has shape {list(want)} (A {list(ad.shapes[pair.a_key])}, "
                             f"B {list(ad.shapes[pair.b_key])}) but base {name} is {list(shapes[name])}")
             continue
+        if pair.magnitude_key and ad.shapes[pair.magnitude_key] != (want[1] if pair.transposed else want[0],):
+            problems.append(f"{pair.magnitude_key}: DoRA magnitude has shape {list(ad.shapes[pair.magnitude_key])}, "
+                            f"but {name} {list(want)} has {want[1] if pair.transposed else want[0]} output "
+                            f"{'columns' if pair.transposed else 'rows'}")
+            continue
         ops.setdefault(name, []).append(Op(i, pair=pair))
     return problems
 
@@ -123,7 +128,7 @@ def _delta_shape(ad: Adapter, pair: LoraPair) -> tuple[int, ...]:
     d_b, r_b = ad.shapes[pair.b_key]   # (out, r) or (dim, r)
     if r_a != r_b:
         return (-1, -1)
-    if pair.kind == "embedding" or pair.fan_in_fan_out:
+    if pair.transposed:
         return (d_a, d_b)
     return (d_b, d_a)
 

@@ -2,7 +2,8 @@
 
 Reference: the base in fp32, each adapter loaded with PEFT; all but the last are merged by
 PEFT's own `merge_and_unload` (sequential application, as in `zhlora merge`), the last one is
-left unmerged so its LoRA runs as PEFT computes it at inference, x + s*B(A x). Both models
+left unmerged so its LoRA runs as PEFT computes it at inference, x + s*B(A x) (DoRA: the
+magnitude over the norm of the unmerged W + s*B@A, PEFT's DoRA forward). Both models
 read the same fixed Chinese prompts, tokenized by the merged model's tokenizer.
 """
 from __future__ import annotations

@@ -30,6 +30,7 @@ class LoraSettings:
     target: Any = None                    # preset name of the family, comma list, or list
     modules_to_save: tuple[str, ...] = ()  # trained whole, e.g. (embed_tokens, lm_head)
     use_rslora: bool = False
+    use_dora: bool = False                 # DoRA: a learned magnitude per output row (PEFT)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class TrainConfig:
     lora_target: Any = None               # preset name of the family, comma list, or list
     modules_to_save: Any = None           # e.g. [embed_tokens, lm_head]
     use_rslora: bool = False
+    use_dora: bool = False                # DoRA (weight-decomposed LoRA): + a magnitude per output row
     # bookkeeping
     eval_ratio: float = 0.0               # held-out share for eval loss
     eval_steps: int | None = None         # default: save_steps, else once at the end
@@ -99,7 +101,7 @@ class TrainConfig:
     def lora(self) -> LoraSettings:
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
                             target=self.lora_target, modules_to_save=tuple(self.modules_to_save or ()),
-                            use_rslora=self.use_rslora)
+                            use_rslora=self.use_rslora, use_dora=self.use_dora)
 
     def validate(self) -> None:
         problems = []

@@ -38,13 +38,15 @@ def lora_config(family: Family, model, settings: LoraSettings, modules_to_save=(
 
 
 def peft_config(settings: LoraSettings, targets, modules_to_save=()):
-    """The one place a `peft.LoraConfig` is built (causal LM, no bias)."""
+    """The one place a `peft.LoraConfig` is built (causal LM, no bias). `use_dora` adds PEFT's
+    DoRA magnitude vector (one value per output row of each target Linear/Embedding)."""
     from peft import LoraConfig, TaskType
 
     save = list(dict.fromkeys([*settings.modules_to_save, *modules_to_save]))
     return LoraConfig(task_type=TaskType.CAUSAL_LM, r=settings.r, lora_alpha=settings.alpha,
                       lora_dropout=settings.dropout, target_modules=list(targets),
-                      modules_to_save=save or None, use_rslora=settings.use_rslora, bias="none")
+                      modules_to_save=save or None, use_rslora=settings.use_rslora,
+                      use_dora=settings.use_dora, bias="none")
 
 
 def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool = False):

@@ -168,7 +168,7 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     if kbit:
         say(f"quantization: {cfg.quantization} base (bitsandbytes), LoRA trained on top; gradient checkpointing on")
     model = apply_lora(model, lcfg, cfg.gradient_checkpointing or kbit, kbit=kbit)
-    say(f"LoRA r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
+    say(f"{'DoRA' if lora.use_dora else 'LoRA'} r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
 
