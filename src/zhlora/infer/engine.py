@@ -14,6 +14,8 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 - `model_dir=None` takes the base from the first adapter's metadata (`base_model`).
 - `adapter=None` is the base model (PEFT's `disable_adapter()`); a name switches the PEFT
   adapter in place (`set_adapter`), the base is loaded once.
+- A P-Tuning v2 checkpoint (ChatGLM) is an adapter too: its prefix encoder is put in the
+  model for the batch (LoRA adapters off) and taken out after (`_adapter_active`).
 - Each adapter keeps its own chat template (its metadata `template`, else the family
   default; `template=` overrides all) and its own default `GenerationOptions` (metadata
   `generation`), used when `options` is None.
@@ -98,13 +100,15 @@ class Engine:
     """A loaded base model (optionally wrapped by PEFT with several adapters) + tokenizer."""
 
     def __init__(self, model, tokenizer, base_template: str, adapters: list[_AdapterInfo],
-                 template_override: str | None = None, base_dir: Path | None = None):
+                 template_override: str | None = None, base_dir: Path | None = None,
+                 prefixes: dict | None = None):
         from zhlora.templates import get_template
 
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.base_dir = base_dir
         self._adapters = {a.name: a for a in adapters}
+        self._prefixes = dict(prefixes or {})  # P-Tuning v2 adapter name -> prefix encoder
         self._templates = {None: get_template(template_override or base_template)}
         self._defaults = {None: GenerationOptions()}
         for a in adapters:
@@ -125,7 +129,7 @@ class Engine:
         parts = load_engine_parts(model_dir, adapters or {}, dtype, device, allow_bin)
         return cls(parts.model, parts.tokenizer, parts.base_template,
                    [_AdapterInfo(n, p, m) for n, (p, m) in parts.adapters.items()],
-                   template_override=template, base_dir=parts.base_dir)
+                   template_override=template, base_dir=parts.base_dir, prefixes=parts.prefixes)
 
     # -- introspection -------------------------------------------------------------
     @property
@@ -232,14 +236,23 @@ class Engine:
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str | None):
         self._check_adapter(adapter)
-        if not self._adapters:
-            yield
-        elif adapter is None:
-            with self.model.disable_adapter():
+        with self._prefix_active(adapter):
+            if not hasattr(self.model, "peft_config"):  # no LoRA adapter loaded
                 yield
-        else:
-            self.model.set_adapter(adapter)
-            yield
+            elif adapter is None or adapter in self._prefixes:
+                with self.model.disable_adapter():
+                    yield
+            else:
+                self.model.set_adapter(adapter)
+                yield
+
+    def _prefix_active(self, adapter: str | None):
+        """The P-Tuning prefix of `adapter` in the model (none for LoRA adapters and the base)."""
+        if not self._prefixes:
+            return contextlib.nullcontext()
+        from zhlora.models.chatglm.ptuning import prefix_active
+
+        return prefix_active(self.model, self._prefixes.get(adapter))
 
     def _run_batch(self, rows: list[list[int]], adapter: str | None, opts: GenerationOptions,
                    rules: StopRules, cancel: threading.Event | None, streamer=None) -> list[Completion]:

@@ -1,5 +1,9 @@
 """Load one base model and plug every adapter into it (PEFT multi-adapter).
 
+P-Tuning v2 checkpoints (ChatGLM family, detected from the folder) are plug-ins too: their
+prefix encoders are loaded next to the model (`EngineParts.prefixes`, name -> encoder) and
+the engine puts one in the model per batch (zhlora.models.chatglm.ptuning.prefix_active).
+
 The base folder, template and tokenizer come from the adapters' metadata when the user
 does not give them: an adapter folder describes itself (`zhlora_adapter.json`).
 """
@@ -23,6 +27,7 @@ class EngineParts:
     base_dir: Path
     base_template: str
     adapters: dict[str, tuple[Path, dict]] = field(default_factory=dict)  # name -> (folder, meta)
+    prefixes: dict[str, object] = field(default_factory=dict)  # P-Tuning name -> PrefixEncoder
 
 
 def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allow_bin=False) -> EngineParts:
@@ -34,10 +39,22 @@ def load_engine_parts(model_dir, adapters: dict, dtype="auto", device=None, allo
     tokenizer = load_tokenizer(_tokenizer_folder(base, metas))
     model = load_model(base, dtype=dtype, device=device, allow_bin=allow_bin)
     _resize_for_adapters(model, metas)
-    model = _plug_adapters(model, metas)
+    model = _plug_adapters(model, {n: v for n, v in metas.items() if v[1].get("method") != "ptuning"})
     if device:
         model.to(device)
-    return EngineParts(model, tokenizer, base, family.default_template(read_config(base)), metas)
+    prefixes = load_prefixes(model, metas, allow_bin)
+    return EngineParts(model, tokenizer, base, family.default_template(read_config(base)), metas, prefixes)
+
+
+def load_prefixes(model, metas: dict, allow_bin: bool = False) -> dict:
+    """name -> the P-Tuning v2 prefix encoder of each P-Tuning folder among `metas`, built for
+    `model` (on its device, fp32); LoRA adapters are skipped."""
+    wanted = {n: p for n, (p, m) in metas.items() if m.get("method") == "ptuning"}
+    if not wanted:
+        return {}
+    from zhlora.models.chatglm.ptuning import load_prefix_encoder
+
+    return {name: load_prefix_encoder(model, path, allow_bin) for name, path in wanted.items()}
 
 
 def _read_meta(name: str, path) -> dict:

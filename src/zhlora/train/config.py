@@ -3,7 +3,7 @@
     zhlora train examples/tiny_llama_lora.yaml max_steps=50 learning_rate=3e-4
 
 The recipe keys are flat (`lora_r`, `lora_alpha`, ...); code that owns one concern takes its
-group as a small typed object (`cfg.lora` -> `LoraSettings`). Values are coerced and checked
+group as a small typed object (`cfg.lora` -> `LoraSettings`, `cfg.ptuning` -> `PtuningSettings`). Values are coerced and checked
 against the field annotations, and the whole recipe is validated, in `load_config`.
 """
 from __future__ import annotations
@@ -30,6 +30,18 @@ class LoraSettings:
     target: Any = None                    # preset name of the family, comma list, or list
     modules_to_save: tuple[str, ...] = ()  # trained whole, e.g. (embed_tokens, lm_head)
     use_rslora: bool = False
+
+
+@dataclass(frozen=True)
+class PtuningSettings:
+    """The P-Tuning v2 part of a recipe (THUDM's `ptuning` recipe for ChatGLM): `pre_seq_len`
+    virtual tokens whose per-layer keys/values train, the base frozen; `prefix_projection`
+    puts THUDM's two-layer MLP between the embedding and the keys/values."""
+    pre_seq_len: int = 128
+    prefix_projection: bool = False
+
+
+METHODS = ("lora", "ptuning")
 
 
 @dataclass
@@ -60,6 +72,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on GPU when supported
+    method: str = "lora"                  # lora (PEFT) | ptuning (P-Tuning v2, ChatGLM family)
     # LoRA (PEFT)
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -67,6 +80,9 @@ class TrainConfig:
     lora_target: Any = None               # preset name of the family, comma list, or list
     modules_to_save: Any = None           # e.g. [embed_tokens, lm_head]
     use_rslora: bool = False
+    # P-Tuning v2 (method: ptuning)
+    pre_seq_len: int = 128                # virtual tokens in front of every layer's keys/values
+    prefix_projection: bool = False       # THUDM's MLP reparameterisation of the prefix
     # bookkeeping
     eval_ratio: float = 0.0               # held-out share for eval loss
     eval_steps: int | None = None         # default: save_steps, else once at the end
@@ -96,6 +112,10 @@ class TrainConfig:
                             target=self.lora_target, modules_to_save=tuple(self.modules_to_save or ()),
                             use_rslora=self.use_rslora)
 
+    @property
+    def ptuning(self) -> PtuningSettings:
+        return PtuningSettings(pre_seq_len=self.pre_seq_len, prefix_projection=self.prefix_projection)
+
     def validate(self) -> None:
         problems = []
         if not self.model:
@@ -113,10 +133,23 @@ class TrainConfig:
             problems.append(f"`packed_attention` must be segments or mask, got {self.packed_attention!r}")
         if self.train_on not in ("all", "last"):
             problems.append(f"`train_on` must be all or last, got {self.train_on!r}")
+        problems += self._method_problems()
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set `epochs` > 0 or `max_steps` > 0")
         if problems:
             raise ConfigError("bad training recipe:\n  " + "\n  ".join(problems))
+
+    def _method_problems(self) -> list[str]:
+        if self.method not in METHODS:
+            return [f"`method` must be {' or '.join(METHODS)}, got {self.method!r}"]
+        if self.method != "ptuning":
+            return []
+        problems = []
+        if self.pre_seq_len < 1:
+            problems.append(f"`pre_seq_len` must be >= 1 with method=ptuning, got {self.pre_seq_len}")
+        if self.modules_to_save:
+            problems.append("`modules_to_save` is a LoRA key; method=ptuning trains only the prefix encoder")
+        return problems
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

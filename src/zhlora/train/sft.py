@@ -1,13 +1,15 @@
-"""Supervised fine-tuning with LoRA: recipe -> data -> model -> Trainer -> adapter folder.
+"""Supervised fine-tuning with LoRA (or P-Tuning v2): recipe -> data -> model -> Trainer -> adapter folder.
 
-Read top to bottom: `train` calls `plan_output`, `load_data`, `build_rows`, `build_model`,
-`make_trainer`, then `finalize`. The Trainer writes checkpoints into `<output_dir>.partial/`;
-only a finished run is renamed to `<output_dir>`, so an output folder is never half-written
-and `resume=true` continues from the last checkpoint in the `.partial` folder.
+Read top to bottom: `train` calls `plan_output`, `load_data`, `build_rows`, `build_method`
+(`build_model` for LoRA, train/ptuning.py for `method: ptuning`), `make_trainer`, then
+`finalize`. The Trainer writes checkpoints into `<output_dir>.partial/`; only a finished run
+is renamed to `<output_dir>`, so an output folder is never half-written and `resume=true`
+continues from the last checkpoint in the `.partial` folder.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -146,6 +149,25 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     return model, resized
 
 
+@dataclass
+class Method:
+    """What the training method contributes: the model to train, the vocabulary resize (LoRA),
+    the Trainer class and how the finished weights are written (None: PEFT's save_pretrained)."""
+    model: object
+    resized: dict | None = None
+    trainer_class: type | None = None
+    save_weights: Callable | None = None
+
+
+def build_method(cfg: TrainConfig, family: Family, tokenizer) -> Method:
+    if cfg.method == "ptuning":
+        from zhlora.train import ptuning
+
+        return Method(ptuning.build_model(cfg, family, tokenizer, say), None, ptuning.trainer_class(cfg),
+                      lambda trainer, folder: ptuning.save_weights(trainer, folder, cfg))
+    return Method(*build_model(cfg, family, tokenizer))
+
+
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
@@ -208,9 +230,10 @@ def packed_attention(cfg: TrainConfig, model):
     return segment_attention(model)
 
 
-def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks):
+def make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks, trainer_class=None):
     from transformers import Trainer
 
+    Trainer = trainer_class or Trainer
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing,
                            block_mask=not uses_segments(cfg, model))
     args = training_arguments(cfg, plan, bool(eval_rows))
@@ -253,8 +276,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     say(f"data: {stats.samples} training samples -> {len(train_rows)} rows"
         f"{' (packed)' if cfg.packing else ''}, {stats.label_tokens} response tokens, "
         f"{stats.truncated} truncated at cutoff_len={cfg.cutoff_len}, {len(eval_convs)} held out")
-    model, resized = build_model(cfg, family, tokenizer)
-    trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks)
+    method = build_method(cfg, family, tokenizer)
+    model, resized = method.model, method.resized
+    trainer = make_trainer(cfg, plan, model, tokenizer, train_rows, eval_rows, callbacks, method.trainer_class)
     if plan.resume_from:
         say(f"resuming from {plan.resume_from}")
     with packed_attention(cfg, model):
@@ -265,19 +289,27 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         if eval_rows:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
-            "family": family.name, "template": template_name, "train_on": cfg.train_on,
+            "family": family.name, "method": cfg.method, "template": template_name, "train_on": cfg.train_on,
             "resized_vocab": resized, "train_args": cfg.to_dict(), "data_summary": data_summary,
             "metrics": metrics, "generation": {"max_new_tokens": cfg.max_new_tokens}}
-    finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints)
+    if cfg.method == "ptuning":
+        meta["ptuning"] = dataclasses.asdict(cfg.ptuning)
+    finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints,
+             save_weights=method.save_weights)
     say(f"done: {metrics}. Adapter: {plan.output}")
     return TrainResult(plan.output, trainer.model, metrics)
 
 
-def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
-    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it."""
+def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool,
+             save_weights=None) -> None:
+    """Write the adapter (`save_weights(trainer, folder)`, default the PEFT adapter), metadata,
+    logs and loss curve into `.partial`, then rename it."""
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(plan.partial))
+        if save_weights is None:
+            trainer.model.save_pretrained(str(plan.partial))
+        else:
+            save_weights(trainer, plan.partial)
         if save_tokenizer:
             tokenizer.save_pretrained(str(plan.partial))
         write_adapter_meta(plan.partial, meta)
