@@ -230,3 +230,44 @@ def test_ptuning_recipe_values_are_checked(override, match):
 
     with pytest.raises(ConfigError, match=match):
         load_config(None, ["model=m", "data=d", "method=ptuning", override])
+
+
+def test_ptuning_predict_cli_takes_the_checkpoint_as_adapter(side_by_side, tmp_path):
+    from test_infer_fixtures import PROMPTS, convs
+
+    from zhlora.cli import main
+    from zhlora.infer.engine import Engine
+
+    base, pt, _ = side_by_side
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"instruction": p}, ensure_ascii=False) + "\n" for p in PROMPTS[:2]),
+                   encoding="utf-8")
+    assert main(["predict", "--adapter", str(pt), "--input", str(src), "--output", str(tmp_path / "out.jsonl"),
+                 "--max-new-tokens", "6"]) == 0
+    got = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    engine = Engine.load(None, adapters={"pt": pt})
+    want = engine.generate(convs(PROMPTS[:2]), "pt", engine.default_options("pt").replace(max_new_tokens=6))
+    assert [g["output"] for g in got] == want
+
+
+@needs_data
+def test_ptuning_resume_continues_from_a_prefix_only_checkpoint(tmp_path):
+    from test_train_e2e import StopAt
+
+    from zhlora.train.config import load_config
+    from zhlora.train.sft import train
+
+    base = make_tiny_chatglm(tmp_path / "base", "chatglm2", tokenizer_dir=ASSETS / "v2")
+    common = [f"model={base}", f"data={DATA}", "method=ptuning", f"pre_seq_len={PRE}", "max_steps=6",
+              "save_steps=2", "batch_size=2", "max_samples=8", "learning_rate=2e-2", "cutoff_len=64",
+              "report_to=none", "logging_steps=1"]
+    full = train(load_config(None, common + [f"output_dir={tmp_path / 'full'}"]))
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(None, common + [f"output_dir={out}"]), callbacks=[StopAt(3).cb])
+    ckpt = tmp_path / "resumed.partial" / "checkpoint-2"
+    assert list(load_file(ckpt / "model.safetensors")) == ["transformer.prefix_encoder.embedding.weight"]
+    train(load_config(None, common + [f"output_dir={out}", "resume=true"]))
+    key = "transformer.prefix_encoder.embedding.weight"
+    want, got = load_file(full.output / "model.safetensors")[key], load_file(out / "model.safetensors")[key]
+    assert (want - got).abs().max().item() < 1e-5
