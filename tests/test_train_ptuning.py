@@ -238,7 +238,7 @@ def test_ptuning_predict_cli_takes_the_checkpoint_as_adapter(side_by_side, tmp_p
     from zhlora.cli import main
     from zhlora.infer.engine import Engine
 
-    base, pt, _ = side_by_side
+    _, pt, _ = side_by_side
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"instruction": p}, ensure_ascii=False) + "\n" for p in PROMPTS[:2]),
                    encoding="utf-8")

@@ -48,7 +48,7 @@ def _model_args(p, many: bool) -> None:
     p.add_argument("--model", default=None, help="base model folder (default: the adapter's base_model)")
     p.add_argument("--adapter", action="append" if many else "store", default=[] if many else None,
                    metavar="NAME=DIR" if many else "[NAME=]DIR",
-                   help="PEFT adapter folder" + (" (repeatable)" if many else ""))
+                   help="PEFT LoRA adapter or P-Tuning v2 folder" + (" (repeatable)" if many else ""))
     p.add_argument("--template", default=None, help="chat template (default: adapter metadata, else family)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)
