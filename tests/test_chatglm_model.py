@@ -148,7 +148,7 @@ def test_chatglm_model_ptuning_v2_cache_matches_full_forward(base, projection):
     if not (PARITY / base / "checkpoint" / "config.json").is_file():
         pytest.skip(f"{PARITY / base} not present")
     cfg = json.loads((PARITY / base / "checkpoint" / "config.json").read_text())
-    cfg.update(pre_seq_len=4, prefix_projection=projection, prefix_hidden_size=16)
+    cfg.update(pre_seq_len=4, prefix_projection=projection)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(ChatGLMConfig(**cfg), dtype=torch.float32).eval()
     assert model.transformer.prefix_encoder is not None

@@ -26,6 +26,7 @@ class Family:
     embedding_modules: tuple[str, ...] = ("embed_tokens", "lm_head")  # trained whole on resize
     tied_embeddings_ok: bool = True
     packing: bool = True                  # supports packed rows with a 4D block mask
+    ptuning: bool = False                 # native P-Tuning v2 prefix encoder (method: ptuning)
     # optional refinement: config dict -> True if this family owns it (e.g. chatglm v1 vs v2)
     matches: Callable[[dict], bool] | None = None
     # optional hook to pick the template from the config (e.g. chatglm2 vs chatglm3)

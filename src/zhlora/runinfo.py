@@ -24,6 +24,11 @@ adapter folder (and every merged model) holds `chat_template.jinja`, the Jinja f
 template it was trained with (`zhlora.chat_jinja`), so `tokenizer.apply_chat_template`, vLLM
 and llama.cpp render the prompt zhlora trained on; a saved tokenizer carries it too.
 merge / chat / predict / serve read this file so the user need not repeat flags.
+
+A P-Tuning v2 folder (`method: ptuning`, ChatGLM family) holds THUDM's layout instead of the
+PEFT files -- `config.json` with `pre_seq_len` / `prefix_projection` and `model.safetensors`
+with the `transformer.prefix_encoder.*` tensors -- and the same zhlora_adapter.json, with
+"method": "ptuning" and "ptuning": {"pre_seq_len": N, "prefix_projection": false}.
 """
 from __future__ import annotations
 
@@ -42,11 +47,40 @@ def write_adapter_meta(folder: str | Path, meta: dict) -> None:
                                           encoding="utf-8")
 
 
+def is_ptuning_folder(folder: str | Path) -> bool:
+    """A P-Tuning v2 checkpoint: zhlora_adapter.json says method "ptuning", or (THUDM's own
+    checkpoints) a config.json with `pre_seq_len` and no PEFT adapter_config.json."""
+    f = Path(folder)
+    if (f / "adapter_config.json").is_file() or not (f / "config.json").is_file():
+        return False
+    method = _json_field(f / ADAPTER_META, "method")
+    if method:
+        return method == "ptuning"
+    return bool(_json_field(f / "config.json", "pre_seq_len"))
+
+
+def _json_field(path: Path, key: str):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
 def read_adapter_meta(folder: str | Path) -> dict:
-    """The adapter's zhlora metadata, or {} for a plain PEFT adapter (e.g. from elsewhere)."""
+    """The adapter's zhlora metadata, or {} for a plain PEFT adapter (e.g. from elsewhere).
+    A P-Tuning v2 folder gives its metadata with "method": "ptuning" (also one without
+    zhlora_adapter.json, e.g. THUDM's own)."""
     folder = Path(folder)
-    if not (folder / "adapter_config.json").is_file():
-        raise ZhloraError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
+    ptuning = is_ptuning_folder(folder)
+    if not ptuning and not (folder / "adapter_config.json").is_file():
+        raise ZhloraError(f"{folder}: not a PEFT adapter folder (no adapter_config.json) nor a P-Tuning v2 "
+                          "checkpoint (no config.json with pre_seq_len)")
+    meta = _read_meta_file(folder)
+    return {**meta, "method": "ptuning"} if ptuning else meta
+
+
+def _read_meta_file(folder: Path) -> dict:
     p = folder / ADAPTER_META
     if not p.is_file():
         return {}

@@ -159,7 +159,7 @@ def cmd_sighan(args) -> int:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="correct a test set with a model (+ LoRA adapter) and score it")
     p.add_argument("--model", help="base model folder (default: the adapter's base_model)")
-    p.add_argument("--adapter", help="LoRA adapter folder written by `zhlora train`")
+    p.add_argument("--adapter", help="LoRA adapter (or P-Tuning v2) folder written by `zhlora train`")
     p.add_argument("--data", required=True, help="test file with gold corrections")
     p.add_argument("--format", choices=EVAL_FORMATS, default="auto", help="format of --data")
     p.add_argument("--output", help="folder for predictions, M2 and report.md "

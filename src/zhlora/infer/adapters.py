@@ -83,6 +83,11 @@ class AdapterRecord:
     template: object = None  # a ChatTemplate once bound to the base
 
     @property
+    def is_ptuning(self) -> bool:
+        """A P-Tuning v2 checkpoint (a prefix encoder, not PEFT weights)."""
+        return self.meta.get("method") == "ptuning"
+
+    @property
     def where(self) -> str:
         return f"adapter {self.name!r} ({self.path})"
 

@@ -54,7 +54,7 @@ def _model_args(p, many: bool) -> None:
     p.add_argument("--model", default=None, help="base model folder (default: the adapter's base_model)")
     p.add_argument("--adapter", action="append" if many else "store", default=[] if many else None,
                    metavar="NAME=DIR" if many else "[NAME=]DIR",
-                   help="PEFT adapter folder" + (" (repeatable)" if many else ""))
+                   help="PEFT LoRA adapter or P-Tuning v2 folder" + (" (repeatable)" if many else ""))
     p.add_argument("--template", default=None, help="chat template (default: adapter metadata, else family)")
     add_device_args(p)
     p.add_argument("--allow-bin", action="store_true", help="allow pickled .bin weights (weights_only load)")

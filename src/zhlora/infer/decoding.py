@@ -187,12 +187,14 @@ class SoloBackend:
         if seq.hf_cache is None:
             seq.hf_cache = DynamicCache(config=model.config)
         kw = {}
+        prefix = seq.adapter in self.engine.prefixes   # P-Tuning v2: base weights + its prefix
         if hasattr(model, "peft_config"):
-            kw["adapter_names"] = [BASE_ROW if seq.adapter is None else seq.adapter]
+            kw["adapter_names"] = [BASE_ROW if seq.adapter is None or prefix else seq.adapter]
         ids = torch.tensor([seq.prompt + seq.generated], device=self.engine.device)
         inputs = model.prepare_inputs_for_generation(  # as in generate(): the model's own rules
             ids, cache=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
             next_sequence_length=len(new))
         inputs.update(kw)
-        out = model(**inputs)
+        with self.engine.prefix_active(seq.adapter if prefix else None):
+            out = model(**inputs)
         return out.logits[0, -1].float()

@@ -15,6 +15,8 @@ Public API (used by `zhlora chat / predict / serve / webui` and by GEC `eval`):
 - `model_dir=None` takes the base from the first adapter's metadata (`base_model`).
 - `adapter=None` is the base model; a name routes the request to that PEFT adapter. The base
   is loaded once; at most `max_loras` adapters are in memory (least recently used leave).
+- A P-Tuning v2 checkpoint (ChatGLM) is an adapter too: its prefix encoder is put in the
+  model for its steps, LoRA adapters off (`_adapter_active`, the scheduler's solo steps).
 - Each adapter keeps its own chat template (its metadata `template`, else the family
   default; `template=` overrides all) and its own default `GenerationOptions` (metadata
   `generation`), used when `options` is None.
@@ -58,11 +60,13 @@ class Engine:
 
     def __init__(self, model, tokenizer, base: AdapterRecord, adapters: list[AdapterRecord],
                  base_dir: Path | None = None, base_model: BaseModel | None = None,
-                 template: str | None = None, max_batch: int = 8, max_loras: int | None = None):
+                 template: str | None = None, max_batch: int = 8, max_loras: int | None = None,
+                 prefixes: dict | None = None):
         self.tokenizer = tokenizer
         self.base_dir = base_dir
         self.adapters = AdapterRegistry(model.eval(), tokenizer, base_model, base, adapters, template, max_loras)
         self.lock = threading.RLock()
+        self.prefixes = dict(prefixes or {})  # P-Tuning v2 adapter name -> prefix encoder
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.scheduler = Scheduler(self, max_batch)
 
@@ -80,7 +84,8 @@ class Engine:
         parts = load_engine_parts(model_dir, adapters or {}, template, dtype, device, allow_bin, max_loras,
                                   quantization)
         return cls(parts.model, parts.tokenizer, parts.base_record, parts.adapters, base_dir=parts.base.folder,
-                   base_model=parts.base, template=template, max_batch=max_batch, max_loras=max_loras)
+                   base_model=parts.base, template=template, max_batch=max_batch, max_loras=max_loras,
+                   prefixes=parts.prefixes)
 
     @classmethod
     def from_model(cls, model, tokenizer, template: str, **kw) -> "Engine":
@@ -227,14 +232,23 @@ class Engine:
     @contextlib.contextmanager
     def _adapter_active(self, adapter: str | None):
         self.record(adapter)
-        model = self.model
-        if not hasattr(model, "peft_config"):
-            yield
-        elif adapter is None:
-            with model.disable_adapter():
+        with self.prefix_active(adapter):
+            model = self.model
+            if not hasattr(model, "peft_config"):
                 yield
-        else:
-            if not self.adapters.make_resident(adapter, busy=self.scheduler.busy_adapters()):
-                raise ZhloraError(f"adapter {adapter!r} cannot be loaded now: every --max-loras slot is busy")
-            model.set_adapter(adapter)
-            yield
+            elif adapter is None or adapter in self.prefixes:
+                with model.disable_adapter():
+                    yield
+            else:
+                if not self.adapters.make_resident(adapter, busy=self.scheduler.busy_adapters()):
+                    raise ZhloraError(f"adapter {adapter!r} cannot be loaded now: every --max-loras slot is busy")
+                model.set_adapter(adapter)
+                yield
+
+    def prefix_active(self, adapter: str | None):
+        """The P-Tuning prefix of `adapter` in the model (none for LoRA adapters and the base)."""
+        if not self.prefixes:
+            return contextlib.nullcontext()
+        from zhlora.models.chatglm.ptuning import prefix_active
+
+        return prefix_active(self.model, self.prefixes.get(adapter))

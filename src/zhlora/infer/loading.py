@@ -1,5 +1,9 @@
 """Load one base model and plug every adapter into it (PEFT multi-adapter).
 
+P-Tuning v2 checkpoints (ChatGLM family, detected from the folder) are plug-ins too: their
+prefix encoders are loaded next to the model (`EngineParts.prefixes`, name -> encoder) and
+the engine puts one in the model per batch (zhlora.models.chatglm.ptuning.prefix_active).
+
 The base folder, template and tokenizer come from the adapters' metadata when the user
 does not give them: an adapter folder describes itself (`zhlora_adapter.json`).
 """
@@ -22,6 +26,7 @@ class EngineParts:
     base: BaseModel
     base_record: AdapterRecord
     adapters: list[AdapterRecord] = field(default_factory=list)
+    prefixes: dict[str, object] = field(default_factory=dict)  # P-Tuning name -> PrefixEncoder
 
 
 def load_engine_parts(model_dir, adapters: dict, template: str | None = None, dtype="auto", device=None,
@@ -35,8 +40,21 @@ def load_engine_parts(model_dir, adapters: dict, template: str | None = None, dt
     model = load_model(base.folder, dtype=dtype, device=device, allow_bin=allow_bin, quantization=quantization)
     _resize_for_adapters(model, records)
     # load_model placed the base (models.device.decide); PEFT puts each LoRA layer on its base layer's device
-    model = _plug_adapters(model, records[:max_loras] if max_loras else records)
-    return EngineParts(model, tokenizer, base, base_record(base, template), records)
+    lora = [r for r in records if not r.is_ptuning]
+    model = _plug_adapters(model, lora[:max_loras] if max_loras else lora)
+    prefixes = load_prefixes(model, records, allow_bin)
+    return EngineParts(model, tokenizer, base, base_record(base, template), records, prefixes)
+
+
+def load_prefixes(model, records: list[AdapterRecord], allow_bin: bool = False) -> dict:
+    """name -> the P-Tuning v2 prefix encoder of each P-Tuning folder among `records`, built
+    for `model` (on its device, fp32); LoRA adapters are skipped."""
+    wanted = [r for r in records if r.is_ptuning]
+    if not wanted:
+        return {}
+    from zhlora.models.chatglm.ptuning import load_prefix_encoder
+
+    return {r.name: load_prefix_encoder(model, r.path, allow_bin) for r in wanted}
 
 
 def _resolve_base(model_dir, records: list[AdapterRecord]) -> Path:

@@ -43,6 +43,8 @@ class AdapterRegistry:
     # -- residency (called with the engine lock held) --------------------------------
     def make_resident(self, name: str | None, busy: set) -> bool:
         """Load `name` if it is not in memory; -> False when every loaded adapter is busy."""
+        if name is not None and self.records[name].is_ptuning:
+            return True      # its prefix encoder stays in memory (a few MB); PEFT does not hold it
         if name is None or name in self.resident:
             if name is not None:
                 self.resident.move_to_end(name)

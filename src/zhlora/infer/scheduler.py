@@ -114,7 +114,8 @@ class Scheduler:
 
     def backend(self):
         if self._backend is None:
-            ok = RowsBackend.supports(self.engine.model)
+            # P-Tuning prefixes are per model, not per row: their sequences step alone
+            ok = RowsBackend.supports(self.engine.model) and not self.engine.prefixes
             self._backend = (RowsBackend if ok else SoloBackend)(self.engine)
         return self._backend
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from zhlora.errors import ZhloraError
-from zhlora.runinfo import adapter_has_tokenizer, read_adapter_meta
+from zhlora.runinfo import adapter_has_tokenizer, is_ptuning_folder, read_adapter_meta
 
 PREFIX = "base_model.model."
 
@@ -100,6 +100,7 @@ class Adapter:
 def load_adapter(folder: str | Path, allow_bin: bool = False) -> Adapter:
     """Read and check an adapter folder; raises ZhloraError for anything not mergeable exactly."""
     folder = Path(folder)
+    refuse_ptuning(folder)
     meta = read_adapter_meta(folder)
     cfg_path = folder / "adapter_config.json"
     try:
@@ -112,6 +113,17 @@ def load_adapter(folder: str | Path, allow_bin: bool = False) -> Adapter:
     ad = Adapter(folder=folder, config=config, meta=meta, weights=weights, shapes=shapes)
     _classify_keys(ad)
     return ad
+
+
+def refuse_ptuning(folder: Path) -> None:
+    """A P-Tuning v2 checkpoint has nothing to merge: say why and what to do instead."""
+    if is_ptuning_folder(folder):
+        raise ZhloraError(
+            f"{folder}: a P-Tuning v2 checkpoint cannot be merged: its prefix is extra keys/values put in "
+            "front of every layer's attention, not a delta on any base weight, so no merged model can "
+            "equal it. Serve it as a plug-in instead (zhlora chat/predict/serve/webui --adapter "
+            f"NAME={folder}), or load it into the base the way THUDM's code does (config.json with "
+            "pre_seq_len, then the transformer.prefix_encoder.* tensors of model.safetensors)")
 
 
 def check_config(cfg: dict, where: Path) -> None:

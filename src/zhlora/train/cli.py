@@ -8,9 +8,10 @@ from zhlora.train.config import FIELDS
 
 def register(sub) -> None:
     keys = ", ".join(FIELDS)
-    p = sub.add_parser("train", help="LoRA fine-tuning from a YAML recipe",
+    p = sub.add_parser("train", help="LoRA (or P-Tuning v2) fine-tuning from a YAML recipe",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a LoRA adapter.\n\nexample:\n  zhlora train "
+                       description="Train a LoRA adapter (method=ptuning: a P-Tuning v2 prefix, ChatGLM "
+                                   "family).\n\nexample:\n  zhlora train "
                                    "examples/tiny_llama_lora.yaml max_steps=50 learning_rate=3e-4\n\n"
                                    f"recipe keys: {keys}")
     p.add_argument("config", nargs="?", help="YAML recipe (optional if every key is given as key=value)")

@@ -3,7 +3,7 @@
     zhlora train examples/tiny_llama_lora.yaml max_steps=50 learning_rate=3e-4
 
 The recipe keys are flat (`lora_r`, `lora_alpha`, ...); code that owns one concern takes its
-group as a small typed object (`cfg.lora` -> `LoraSettings`). Values are coerced and checked
+group as a small typed object (`cfg.lora` -> `LoraSettings`, `cfg.ptuning` -> `PtuningSettings`). Values are coerced and checked
 against the field annotations, and the whole recipe is validated, in `load_config`.
 """
 from __future__ import annotations
@@ -31,6 +31,18 @@ class LoraSettings:
     modules_to_save: tuple[str, ...] = ()  # trained whole, e.g. (embed_tokens, lm_head)
     use_rslora: bool = False
     use_dora: bool = False                 # DoRA: a learned magnitude per output row (PEFT)
+
+
+@dataclass(frozen=True)
+class PtuningSettings:
+    """The P-Tuning v2 part of a recipe (THUDM's `ptuning` recipe for ChatGLM): `pre_seq_len`
+    virtual tokens whose per-layer keys/values train, the base frozen; `prefix_projection`
+    puts THUDM's two-layer MLP between the embedding and the keys/values."""
+    pre_seq_len: int = 128
+    prefix_projection: bool = False
+
+
+METHODS = ("lora", "ptuning")
 
 
 @dataclass
@@ -65,6 +77,7 @@ class TrainConfig:
     dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on a recent GPU, fp16 on an older one
     device: str = "auto"                  # auto (CUDA when available) | cpu | cuda
     quantization: str = "none"            # none | 4bit (QLoRA: NF4, double quant) | 8bit (bitsandbytes)
+    method: str = "lora"                  # lora (PEFT) | ptuning (P-Tuning v2, ChatGLM family)
     # LoRA (PEFT)
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -73,6 +86,9 @@ class TrainConfig:
     modules_to_save: Any = None           # e.g. [embed_tokens, lm_head]
     use_rslora: bool = False
     use_dora: bool = False                # DoRA (weight-decomposed LoRA): + a magnitude per output row
+    # P-Tuning v2 (method: ptuning)
+    pre_seq_len: int = 128                # virtual tokens in front of every layer's keys/values
+    prefix_projection: bool = False       # THUDM's MLP reparameterisation of the prefix
     # bookkeeping
     eval_ratio: float = 0.0               # held-out share for eval loss
     eval_steps: int | None = None         # default: save_steps, else once at the end
@@ -103,6 +119,10 @@ class TrainConfig:
                             target=self.lora_target, modules_to_save=tuple(self.modules_to_save or ()),
                             use_rslora=self.use_rslora, use_dora=self.use_dora)
 
+    @property
+    def ptuning(self) -> PtuningSettings:
+        return PtuningSettings(pre_seq_len=self.pre_seq_len, prefix_projection=self.prefix_projection)
+
     def validate(self) -> None:
         problems = []
         if not self.model:
@@ -121,6 +141,7 @@ class TrainConfig:
         if self.train_on not in ("all", "last"):
             problems.append(f"`train_on` must be all or last, got {self.train_on!r}")
         problems += self._hardware_problems()
+        problems += self._method_problems()
         if self.max_steps <= 0 and self.epochs <= 0:
             problems.append("set `epochs` > 0 or `max_steps` > 0")
         if self.deepspeed and self.fsdp:
@@ -140,6 +161,18 @@ class TrainConfig:
                             f"got {self.quantization!r}")
         elif quant.missing_bitsandbytes(self.quantization):
             problems.append(quant.missing_bitsandbytes(self.quantization))
+        return problems
+
+    def _method_problems(self) -> list[str]:
+        if self.method not in METHODS:
+            return [f"`method` must be {' or '.join(METHODS)}, got {self.method!r}"]
+        if self.method != "ptuning":
+            return []
+        problems = []
+        if self.pre_seq_len < 1:
+            problems.append(f"`pre_seq_len` must be >= 1 with method=ptuning, got {self.pre_seq_len}")
+        if self.modules_to_save:
+            problems.append("`modules_to_save` is a LoRA key; method=ptuning trains only the prefix encoder")
         return problems
 
     def to_dict(self) -> dict:

@@ -1,19 +1,22 @@
-"""Supervised fine-tuning with LoRA: recipe -> data -> model -> Trainer -> adapter folder.
+"""Supervised fine-tuning with LoRA (or P-Tuning v2): recipe -> data -> model -> Trainer -> adapter folder.
 
-Read top to bottom: `train` calls `plan_output`, `load_data`, `build_rows`, `build_model`,
-`make_trainer`, then `finalize`. The Trainer writes checkpoints into `<output_dir>.partial/`;
-only a finished run is renamed to `<output_dir>`, so an output folder is never half-written
-and `resume=true` continues from the last checkpoint in the `.partial` folder.
+Read top to bottom: `train` calls `plan_output`, `load_data`, `build_rows`, `build_method`
+(`build_model` for LoRA, train/ptuning.py for `method: ptuning`), `make_trainer`, then
+`finalize`. The Trainer writes checkpoints into `<output_dir>.partial/`; only a finished run
+is renamed to `<output_dir>`, so an output folder is never half-written and `resume=true`
+continues from the last checkpoint in the `.partial` folder.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +176,25 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     return model, resized
 
 
+@dataclass
+class Method:
+    """What the training method contributes: the model to train, the vocabulary resize (LoRA),
+    the Trainer class and how the finished weights are written (None: PEFT's save_pretrained)."""
+    model: object
+    resized: dict | None = None
+    trainer_class: type | None = None
+    save_weights: Callable | None = None
+
+
+def build_method(cfg: TrainConfig, family: Family, tokenizer) -> Method:
+    if cfg.method == "ptuning":
+        from zhlora.train import ptuning
+
+        return Method(ptuning.build_model(cfg, family, tokenizer, say), None, ptuning.trainer_class(cfg),
+                      lambda trainer, folder: ptuning.save_weights(trainer, folder, cfg))
+    return Method(*build_model(cfg, family, tokenizer))
+
+
 def training_arguments(cfg: TrainConfig, plan: Plan, has_eval: bool):
     from transformers import TrainingArguments
 
@@ -256,12 +278,13 @@ def packed_attention(cfg: TrainConfig, model):
     return segment_attention(model)
 
 
-def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks):
+def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, trainer_class=None):
     from transformers import Trainer
 
     from zhlora.train.trainer import LabelOnlyLossTrainer
 
-    trainer_class = LabelOnlyLossTrainer if cfg.label_only_loss else Trainer
+    # the method's own Trainer (P-Tuning's saves prefix-only checkpoints), else the label-only loss
+    trainer_class = trainer_class or (LabelOnlyLossTrainer if cfg.label_only_loss else Trainer)
     flat = padding_free(cfg, model)
     collator = ds.Collator(pad_token_id=tokenizer.pad_token_id, packed=cfg.packing or flat,
                            block_mask=not uses_segments(cfg, model), flatten=flat)
@@ -311,8 +334,9 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
     # the arguments come first: with a ZeRO-3 config they make from_pretrained load the weights
     # already partitioned (deepspeed.zero.Init) instead of whole on every process
     args = training_arguments(cfg, plan, bool(eval_rows))
-    model, resized = build_model(cfg, family, tokenizer)
-    trainer = make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks)
+    method = build_method(cfg, family, tokenizer)
+    model, resized = method.model, method.resized
+    trainer = make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, method.trainer_class)
     if plan.resume_from:
         say(f"resuming from {plan.resume_from}")
     with packed_attention(cfg, model):
@@ -323,11 +347,14 @@ def train(cfg: TrainConfig, callbacks=None) -> TrainResult:
         if eval_rows:
             metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     meta = {"base_model": str(Path(cfg.model).resolve()), "base_fingerprint": fingerprint(cfg.model),
-            "family": family.name, "template": template_name, "train_on": cfg.train_on,
+            "family": family.name, "method": cfg.method, "template": template_name, "train_on": cfg.train_on,
             "resized_vocab": resized, "quantization": quant.describe(cfg.quantization, _compute_dtype(cfg)),
             "train_args": cfg.to_dict(), "data_summary": data_summary,
             "metrics": metrics, "generation": {"max_new_tokens": cfg.max_new_tokens}}
-    finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints)
+    if cfg.method == "ptuning":
+        meta["ptuning"] = dataclasses.asdict(cfg.ptuning)
+    finalize(trainer, tokenizer, plan, meta, save_tokenizer=bool(resized), keep=cfg.keep_checkpoints,
+             save_weights=method.save_weights)
     say(f"done: {metrics}. Adapter: {plan.output}")
     return TrainResult(plan.output, trainer.model, metrics)
 
@@ -336,13 +363,17 @@ def _compute_dtype(cfg: TrainConfig) -> torch.dtype:
     return devices.decide(cfg.device, cfg.dtype)[1]
 
 
-def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool) -> None:
-    """Write the adapter, metadata, logs and loss curve into `.partial`, then rename it.
+def finalize(trainer, tokenizer, plan: Plan, meta: dict, save_tokenizer: bool, keep: bool,
+             save_weights=None) -> None:
+    """Write the adapter (`save_weights(trainer, folder)`, default the PEFT adapter), metadata, logs and loss curve into `.partial`, then rename it.
     Sharded runs (ZeRO-3, FSDP) gather the adapter's parameters on every rank first."""
     trainer.accelerator.wait_for_everyone()
     state = adapter_state(trainer)
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(plan.partial), state_dict=state)
+        if save_weights is None:
+            trainer.model.save_pretrained(str(plan.partial), state_dict=state)
+        else:
+            save_weights(trainer, plan.partial)
         write_chat_template(plan.partial, meta["template"], tokenizer if save_tokenizer else None)
         write_adapter_meta(plan.partial, meta)
         history = trainer.state.log_history

@@ -24,22 +24,31 @@ THUDM_ARCH = "ChatGLMForConditionalGeneration"
 class PrefixEncoder(nn.Module):
     """P-Tuning v2: `pre_seq_len` virtual tokens -> a key/value prefix for every layer.
 
-    Same parameter names as THUDM's `transformer.prefix_encoder` (`embedding`, and with
-    `prefix_projection` the MLP `trans.0` / `trans.2`).
+    Same parameters as THUDM's `transformer.prefix_encoder`: `embedding`, and with
+    `prefix_projection` the MLP `trans.0` / `trans.2`, shaped as each generation's code has them:
+    ChatGLM-6B embeds to `hidden` and maps hidden -> hidden -> kv; ChatGLM2/3/GLM-4 embed to `kv`
+    and map kv -> hidden -> kv (kv = num_layers * 2 * kv_groups * head_dim). In training the
+    prefix goes through dropout 0.1, as THUDM's `get_prompt` does.
     """
+
+    dropout = 0.1
 
     def __init__(self, spec: GLMSpec):
         super().__init__()
         self.spec = spec
         kv_size = spec.num_layers * 2 * spec.kv_groups * spec.head_dim
         if spec.prefix_projection:
-            inner = spec.prefix_hidden_size or spec.hidden_size
-            self.embedding = nn.Embedding(spec.pre_seq_len, spec.hidden_size)
-            self.trans = nn.Sequential(nn.Linear(spec.hidden_size, inner), nn.Tanh(),
-                                       nn.Linear(inner, kv_size))
+            width = spec.hidden_size if spec.version == 1 else kv_size
+            self.embedding = nn.Embedding(spec.pre_seq_len, width)
+            self.trans = nn.Sequential(nn.Linear(width, spec.hidden_size), nn.Tanh(),
+                                       nn.Linear(spec.hidden_size, kv_size))
         else:
             self.embedding = nn.Embedding(spec.pre_seq_len, kv_size)
             self.trans = None
+
+    @property
+    def pre_seq_len(self) -> int:
+        return self.spec.pre_seq_len
 
     def forward(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """-> per layer (key, value), each `(B, kv_groups, pre_seq_len, head_dim)`."""
@@ -48,9 +57,10 @@ class PrefixEncoder(nn.Module):
         kv = self.embedding(tokens)
         if self.trans is not None:
             kv = self.trans(kv)
+        kv = nn.functional.dropout(kv.to(dtype), self.dropout, self.training)
         # (P, L*2*G*D) -> (L*2, G, P, D), the order THUDM's get_prompt produces
         kv = kv.view(s.pre_seq_len, s.num_layers * 2, s.kv_groups, s.head_dim).permute(1, 2, 0, 3)
-        kv = kv.to(dtype).unsqueeze(1).expand(-1, batch_size, -1, -1, -1)
+        kv = kv.unsqueeze(1).expand(-1, batch_size, -1, -1, -1)
         return [(kv[2 * i], kv[2 * i + 1]) for i in range(s.num_layers)]
 
 

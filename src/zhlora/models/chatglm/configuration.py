@@ -51,7 +51,6 @@ class GLMSpec:
     tie_embeddings: bool = False
     pre_seq_len: int | None = None
     prefix_projection: bool = False
-    prefix_hidden_size: int | None = None
     mask_token_id: int | None = None   # v1 only
     gmask_token_id: int | None = None  # v1 only
     bos_token_id: int | None = None    # v1: <sop>
@@ -90,8 +89,7 @@ def glm_spec(cfg) -> GLMSpec:
     hidden, heads = cfg.hidden_size, cfg.num_attention_heads
     common = dict(hidden_size=hidden, num_layers=cfg.num_layers, num_heads=heads,
                   eps=_get(cfg, "layernorm_epsilon", 1e-5), pre_seq_len=_get(cfg, "pre_seq_len"),
-                  prefix_projection=bool(_get(cfg, "prefix_projection", False)),
-                  prefix_hidden_size=_get(cfg, "prefix_hidden_size"))
+                  prefix_projection=bool(_get(cfg, "prefix_projection", False)))
     if version == 1:
         _refuse(not _get(cfg, "position_encoding_2d", True), "position_encoding_2d=false")
         return GLMSpec(version=1, vocab_size=cfg.vocab_size, head_dim=hidden // heads, kv_groups=heads,

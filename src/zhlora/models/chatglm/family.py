@@ -15,13 +15,13 @@ PRESETS = {"default": ["query_key_value"],
 
 register_family(Family(
     name="chatglm", model_types=("chatglm",), template="chatglm2", lora_presets=PRESETS,
-    embedding_modules=("word_embeddings", "output_layer"), packing=True,
+    embedding_modules=("word_embeddings", "output_layer"), packing=True, ptuning=True,
     matches=lambda cfg: detect_version(cfg) == 2, template_for=template_for_config,
     templates=("chatglm2", "chatglm3", "glm4"),
     notes="ChatGLM2-6B / ChatGLM3-6B / GLM-4 (original THUDM chatglm format), native code"))
 
 register_family(Family(
     name="chatglm-6b", model_types=("chatglm",), template="chatglm", lora_presets=PRESETS,
-    embedding_modules=("word_embeddings", "lm_head"), packing=False,
+    embedding_modules=("word_embeddings", "lm_head"), packing=False, ptuning=True,
     matches=lambda cfg: detect_version(cfg) == 1, template_for=template_for_config, templates=("chatglm",),
     notes="ChatGLM-6B (v1): packing unsupported (2D positions, prefix-bidirectional mask)"))

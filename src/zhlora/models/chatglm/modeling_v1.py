@@ -196,7 +196,7 @@ class ChatGLM6BModel(ChatGLMPreTrainedModel):
         half = spec.head_dim // 2
         rope = (*rope_cos_sin(position_ids[:, 0], half, hidden.dtype),
                 *rope_cos_sin(position_ids[:, 1], half, hidden.dtype))
-        n_prefix = spec.pre_seq_len if self.prefix_encoder is not None else None
+        n_prefix = self.prefix_encoder.pre_seq_len if self.prefix_encoder is not None else None
         allowed = glm_allowed(contexts, B, T, past_len, attention_mask, n_prefix, hidden.device)
         prefixes = self.prefix_encoder(B, hidden.dtype) if self.prefix_encoder is not None else None
         for i, layer in enumerate(self.layers):

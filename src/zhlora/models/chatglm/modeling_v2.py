@@ -177,7 +177,7 @@ class ChatGLM2Model(ChatGLMPreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=hidden.device)[None].expand(B, T)
         cos, sin = rope_cos_sin(position_ids, spec, hidden.dtype)
-        n_prefix = spec.pre_seq_len if self.prefix_encoder is not None else None
+        n_prefix = self.prefix_encoder.pre_seq_len if self.prefix_encoder is not None else None
         allowed = build_allowed(attention_mask, B, T, past_len, n_prefix, hidden.device)
         prefixes = self.prefix_encoder(B, hidden.dtype) if self.prefix_encoder is not None else None
         for i, layer in enumerate(self.encoder.layers):
