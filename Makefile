@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # torch is pinned here (CI / developer install path) to the local CPU wheel; the package
 # metadata itself only asks for torch>=2.3 so real users bring their own build.
 TORCH   := torch==2.13.0
-EXTRAS  := train,serve,gec,export,glm4,deepspeed,webui,test
+EXTRAS  := train,serve,gec,export,llamacpp,glm4,deepspeed,webui,test
 
 .PHONY: venv test demo clean bench
 
