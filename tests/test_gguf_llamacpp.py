@@ -154,3 +154,22 @@ def test_llamacpp_chat_template_from_metadata(exported, reference):
         stops = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         want = want[:next((i for i, t in enumerate(want) if t in stops), N)]
         assert llamacpp.chat(llm, messages, N) == tok.decode(want), q
+
+
+def test_demo_gguf_stage_corrects_like_zhlora(tmp_path):
+    """`make demo`'s last stage: the merged GEC model exported and run by llama.cpp answers as
+    zhlora's engine does (greedy, the adapter's template from the merge record)."""
+    from zhlora.embedded import demo
+    from zhlora.gec.prompt import gec_conversation
+    from zhlora.infer.engine import Engine, GenerationOptions
+    from zhlora.merge.merge import merge_adapters
+    from zhlora.models.tiny import make_tiny_adapter
+
+    adapter = make_tiny_adapter(EMBEDDED_BASE_DIR, tmp_path / "gec", b_std=0.05)
+    merged = merge_adapters(EMBEDDED_BASE_DIR, [adapter], tmp_path / "merged", dtype=torch.float32,
+                            progress=False).output
+    text = demo.CHAT[0][1]
+    answer = demo.gguf_run(tmp_path, merged, text)
+    want = Engine.load(merged).generate([gec_conversation(text)],
+                                        options=GenerationOptions(max_new_tokens=60, temperature=0.0))[0]
+    assert answer == want and (tmp_path / "merged-gec.gguf").is_file()

@@ -11,6 +11,7 @@ and renamed when complete, so a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -118,8 +119,10 @@ def _tokenizer_facts(model_dir: Path, cfg: dict, arch) -> tuple[bool | None, lis
         plain = tok("中文", add_special_tokens=False)["input_ids"]
         full = tok("中文")["input_ids"]
         add_bos = tok.bos_token_id is not None and full[:1] == [tok.bos_token_id] and full[1:] == plain
+    record = model_dir / "zhlora_merged.json"      # the merge record names the adapter's template
+    name = json.loads(record.read_text(encoding="utf-8")).get("template") if record.is_file() else None
     try:
-        template = get_template(family_for_config(cfg, str(model_dir)).default_template(cfg))
+        template = get_template(name or family_for_config(cfg, str(model_dir)).default_template(cfg))
         stops = template.stop_token_ids(tok)
     except ZhloraError:
         stops = []

@@ -169,19 +169,21 @@ def _sentencepiece_vocab(model_dir: Path, _pre: str) -> Vocab | None:
     return Vocab("sentencepiece", "llama", tokens, scores, types, flags=flags)
 
 
-def _extend_with_tokenizer(model_dir: Path, tokens, scores, types) -> None:
-    """Ids past the SentencePiece model (added tokens, ChatGLM's specials) from zhlora's tokenizer."""
+def _extend_with_tokenizer(model_dir: Path, tokens, scores, types, same_head: bool = True) -> None:
+    """Ids past the model file (added tokens, ChatGLM's specials) from zhlora's tokenizer.
+    `same_head`: first check the tokenizer is built on these pieces (else add nothing)."""
     import gguf
 
     from zhlora.models.loading import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     head = min(len(tokens), 64)
-    if [t.encode("utf-8") for t in tok.convert_ids_to_tokens(list(range(head)))] != tokens[:head]:
-        return                  # the folder's tokenizer is not built on this model: nothing to add
+    if same_head and [t.encode("utf-8") for t in tok.convert_ids_to_tokens(list(range(head)))] != tokens[:head]:
+        return
+    by_id = {i: t for t, i in tok.get_vocab().items() if i >= len(tokens)}
     special = set(tok.all_special_tokens)
-    for i in range(len(tokens), len(tok)):
-        text = tok.convert_ids_to_tokens(i)
+    for i in range(len(tokens), len(tokens) + len(by_id)):
+        text = by_id.get(i)
         if text is None:
             break
         tokens.append(text.encode("utf-8"))
@@ -217,7 +219,7 @@ def _tiktoken_vocab(model_dir: Path, _pre: str) -> Vocab | None:
                 merges.append((rank, " ".join("".join(enc[b] for b in p) for p in parts)))
     types = [gguf.TokenType.NORMAL] * len(tokens)
     scores = [0.0] * len(tokens)
-    _extend_with_tokenizer(model_dir, tokens, scores, types)
+    _extend_with_tokenizer(model_dir, tokens, scores, types, same_head=False)
     return Vocab("tiktoken (byte-level BPE)", "gpt2", tokens, scores, types, pre="chatglm-bpe",
                  merges=[m for _, m in sorted(merges)])
 
