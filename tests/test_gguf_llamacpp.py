@@ -118,16 +118,19 @@ def test_llamacpp_tokenizes_chinese_like_zhlora(family, exported, reference):
 def test_llamacpp_greedy_equals_zhlora(family, qtype, exported, reference):
     tok, model = reference(family)
     llm = exported(family, qtype)
+    compared = 0
     for prompt in PROMPTS:
         ids = _prompt_ids(tok, prompt)
         want, gaps = _hf_greedy(model, ids, N)
         got = llamacpp.greedy(llm, ids, N, stop_at_eog=False)
         if qtype == "f32" or family == "tiny-zh":
             assert got == want, (prompt, got, want)
+            compared += N
         else:   # f16 weights resolve ~2^-11 relative: compare up to the first near tie
             clear = next((i for i, g in enumerate(gaps) if g < 4e-3), N)
             assert got[:clear] == want[:clear], (prompt, clear, got, want)
-            assert clear >= 2, f"{family}: zhlora's own argmax is near-tied at once ({gaps[:3]})"
+            compared += clear
+    assert compared >= N, f"{family}: only {compared} tokens before zhlora's own near ties"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
