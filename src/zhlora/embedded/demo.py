@@ -257,7 +257,11 @@ def gguf_run(work: Path, merged: Path, text: str = CHAT[0][1]) -> str | None:
     tok = load_tokenizer(merged)
     template = json.loads((merged / "zhlora_merged.json").read_text(encoding="utf-8")).get("template") or "alpaca"
     ids = get_template(template).encode_prompt(gec_conversation(text), tok)
-    answer = tok.decode(llamacpp.greedy(llamacpp.load(info.path), ids, 60), skip_special_tokens=True)
+    llm = llamacpp.load(info.path)
+    try:
+        answer = tok.decode(llamacpp.greedy(llm, ids, 60), skip_special_tokens=True)
+    finally:
+        llm.close()        # freed now, not by a finaliser at interpreter exit (which complains)
     print(f"  [llama.cpp, greedy] {text}\n      -> {answer}", flush=True)
     return answer
 
