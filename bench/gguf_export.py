@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from zhlora.merge.gguf import export_gguf, llamacpp  # noqa: E402
+from zhlora.merge.gguf import export_gguf, llamacpp
 
 TEXTS = ["今天天气很好，我们去公园散步。", "人工智能正在改变世界。", "请把这句话翻译成英文：我爱北京天安门。"]
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 from test_merge_helpers import ZH, run_cli
 

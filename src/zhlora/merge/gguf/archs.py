@@ -19,8 +19,8 @@ reordering. What llama.cpp expects was read from its sources (`src/models/*.cpp`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from zhlora.errors import ZhloraError
 
