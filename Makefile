@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q "$(TORCH)"
 	DS_BUILD_OPS=0 $(VPY) -m pip install -q -e ".[$(EXTRAS)]" "$(TORCH)"
+	# llama-cpp-python compiles llama.cpp (10+ minutes on 2 cores the first time; pip caches the
+	# wheel). Best effort: where it cannot build, the llama.cpp tests skip with a reason.
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(VPY) -m pip install -q -e ".[llamacpp]" "$(TORCH)" \
+		|| echo "zhlora: llama-cpp-python did not build; the llama.cpp tests will skip"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -79,7 +79,7 @@ def test_gguf_export_of_a_merged_model_carries_the_chat_template(tmp_path):
     """llama.cpp reads the prompt format from the GGUF's tokenizer.chat_template."""
     gguf = pytest.importorskip("gguf")
     from _official import sentencepiece_proto_from_gguf, write_llama_tokenizer_folder
-    from zhlora.merge.gguf_export import export_gguf
+    from zhlora.merge.gguf import export_gguf
     from zhlora.merge.merge import merge_adapters
     from zhlora.models.tiny import make_tiny_model
     from zhlora.train.lora import make_tiny_adapter

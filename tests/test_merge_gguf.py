@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_file
 from test_merge_helpers import ZH, run_cli
 
@@ -90,15 +89,53 @@ def test_merge_export_gguf_tensors_and_metadata(spm_model, tmp_path, qtype):
 
 
 def test_merge_export_gguf_refusals(spm_model, tmp_path, capsys):
+    """An existing output, an adapter folder, ChatGLM-6B v1 and an unknown architecture: a
+    message, exit 2, and no file (not even a temporary one) left behind."""
+    import json
+
+    from zhlora.models.chatglm.tiny import make_tiny_chatglm
+    from zhlora.train.lora import make_tiny_adapter
+
     model, _ = spm_model
     out = tmp_path / "m.gguf"
     out.write_text("old")
     assert run_cli("export", "gguf", "--model", model, "--output", out) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "old"
-    qwen = make_tiny_model(tmp_path / "qwen", "qwen2", texts=ZH, hidden=32)
-    assert run_cli("export", "gguf", "--model", qwen, "--output", tmp_path / "q.gguf") == 2
-    assert "LLaMA family" in capsys.readouterr().err
-    char = make_tiny_model(tmp_path / "char", "llama", texts=ZH, hidden=32)   # WordLevel tokenizer.json
-    assert run_cli("export", "gguf", "--model", char, "--output", tmp_path / "c.gguf") == 2
-    assert "no tokenizer llama.cpp can use" in capsys.readouterr().err
+    adapter = make_tiny_adapter(model, tmp_path / "adapter")
+    assert run_cli("export", "gguf", "--model", adapter, "--output", tmp_path / "a.gguf") == 2
+    assert "LoRA adapter folder" in capsys.readouterr().err
+    v1 = make_tiny_chatglm(tmp_path / "v1", "chatglm")
+    assert run_cli("export", "gguf", "--model", v1, "--output", tmp_path / "v1.gguf") == 2
+    assert "ChatGLM-6B (v1) has no llama.cpp architecture" in capsys.readouterr().err
+    other = make_tiny_model(tmp_path / "other", "llama", texts=ZH, hidden=32)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "baichuan"}))
+    assert run_cli("export", "gguf", "--model", other, "--output", tmp_path / "o.gguf") == 2
+    assert "'baichuan' has no GGUF export" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("*gguf*")) == ["m.gguf"]
+
+
+def test_merge_export_gguf_char_vocab_and_chatglm_layout(tmp_path):
+    """A character vocabulary becomes llama.cpp's unigram kind (space as U+2581, no space prefix);
+    ChatGLM2 keeps its fused query_key_value (+bias) as attn_qkv, rope on half of each head."""
+    import gguf
+
+    from zhlora.merge.gguf import export_gguf
+    from zhlora.models.chatglm.tiny import make_tiny_chatglm
+
+    char = make_tiny_model(tmp_path / "char", "llama", texts=ZH, hidden=32)
+    export_gguf(char, tmp_path / "c.gguf", "f32")
+    _, fields, tensors = _read(tmp_path / "c.gguf")
+    toks = _field(fields["tokenizer.ggml.tokens"])
+    assert _field(fields["tokenizer.ggml.model"]) == "t5" and "\u2581" in toks and " " not in toks
+    assert _field(fields["tokenizer.ggml.add_space_prefix"]) is False
+    assert _field(fields["tokenizer.ggml.add_bos_token"]) is False   # zhlora's char tokenizer adds none
+    assert tensors["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    glm = make_tiny_chatglm(tmp_path / "glm", "chatglm2", hidden=32, heads=4, kv_groups=2)
+    export_gguf(glm, tmp_path / "g.gguf", "f16")
+    _, fields, tensors = _read(tmp_path / "g.gguf")
+    assert _field(fields["general.architecture"]) == "chatglm"
+    assert _field(fields["chatglm.rope.dimension_count"]) == 4 and _field(fields["chatglm.attention.head_count_kv"]) == 2
+    sd = load_file(glm / "model.safetensors")
+    qkv = sd["transformer.encoder.layers.0.self_attention.query_key_value.bias"].numpy()
+    assert np.array_equal(np.asarray(tensors["blk.0.attn_qkv.bias"].data), qkv)

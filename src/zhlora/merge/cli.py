@@ -37,10 +37,11 @@ def register(sub) -> None:
 
     e = sub.add_parser("export", help="export a merged model to another format")
     esub = e.add_subparsers(dest="format", metavar="FORMAT", required=True)
-    g = esub.add_parser("gguf", help="write a llama.cpp GGUF file (LLaMA family)")
+    g = esub.add_parser("gguf", help="write a llama.cpp GGUF file (LLaMA, Qwen2, ChatGLM2/3, GLM-4, tiny-zh)")
     g.add_argument("--model", required=True, help="merged model folder")
     g.add_argument("--output", required=True, help="the .gguf file to write")
-    g.add_argument("--type", choices=["f16", "q8_0"], default="f16")
+    g.add_argument("--type", choices=["f32", "f16", "q8_0"], default="f16",
+                   help="storage of 2-D weights (norms and biases stay f32); default f16")
     g.add_argument("--overwrite", action="store_true")
     g.set_defaults(func=run_export_gguf)
 
@@ -88,9 +89,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_export_gguf(args: argparse.Namespace) -> int:
-    from zhlora.merge.gguf_export import export_gguf
+    from zhlora.merge.gguf import export_gguf
 
     info = export_gguf(args.model, args.output, args.type, overwrite=args.overwrite)
-    print(f"wrote {info.path} ({info.tensors} tensors, {info.type}, {info.bytes / 1e6:.1f} MB, "
-          f"{info.vocab} tokens, tokenizer {info.tokenizer})")
+    print(f"wrote {info.path} (llama.cpp architecture {info.arch}, {info.tensors} tensors, {info.type}, "
+          f"{info.bytes / 1e6:.1f} MB, {info.vocab} tokens, tokenizer {info.tokenizer}, "
+          f"chat template {'included' if info.chat_template else 'none in the folder'})")
     return 0
