@@ -56,6 +56,8 @@ def test_infer_predict_resume(infer_setup, engine, tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert f"{inp}:3: `instruction` must be a string" in err and f"{inp}:5: invalid JSON" in err
+    # which template each model uses, and why (templates.template_for_model for the base)
+    assert "template (base): alpaca (" in err and "template (gec): alpaca (the adapter metadata)" in err
     first = read_jsonl(out)
     assert [x["line"] for x in first] == [1, 2, 4, 6, 7]
     assert [x["id"] for x in first] == ["a", 2, 4, 6, 7] and first[-1]["reference"] == "参考"

@@ -27,10 +27,6 @@ OPTIONAL = {"fastapi": "serve", "uvicorn": "serve", "gguf": "export", "pypinyin"
             "opencc": "gec", "pycorrector": "gec", "snownlp": "gec", "tiktoken": "glm4", "gradio": "webui",
             "deepspeed": "deepspeed", "tensorboard": "train", "matplotlib": "train", "bitsandbytes": "qlora"}
 
-DEVICE_HELP = "auto (default: CUDA when available, else CPU) | cpu | cuda | cuda:N"
-DTYPE_HELP = ("auto (default: bf16 on a GPU with native bf16, fp16 on an older GPU, fp32 on CPU) | "
-              "float32 | bfloat16 | float16")
-
 
 def missing_dependency_message(e: ImportError) -> str | None:
     """A what-to-do message for an optional package that is not installed, else None."""
@@ -41,17 +37,6 @@ def missing_dependency_message(e: ImportError) -> str | None:
     prefix = "DS_BUILD_OPS=0 " if extra == "deepspeed" else ""
     return (f"this command needs the optional package {top!r}, which is not installed; install it with\n"
             f"    {prefix}pip install 'zhlora[{extra}]'")
-
-
-def add_device_args(p, quantization: bool = True, dtype: bool = True) -> None:
-    """--device and --dtype (decided by zhlora.models.device.decide), --quantization (zhlora.models.quant)."""
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    if dtype:
-        p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
-    if quantization:
-        p.add_argument("--quantization", choices=["none", "4bit", "8bit"], default="none",
-                       help="load the base quantized with bitsandbytes (4bit: NF4, as QLoRA trains it; needs "
-                       "pip install 'zhlora[qlora]'); the adapters stay in full precision")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zhlora.cli import add_device_args
+from zhlora.cli_args import add_device_args
 from zhlora.errors import ZhloraError
 
 EVAL_FORMATS = ("auto", "para", "m2", "nlpcc18", "mucgec", "fcgec", "cged", "sighan", "jsonl")

@@ -65,11 +65,15 @@ class BaseModel:
         return cls(Path(folder), cfg, family_for_config(cfg, str(folder)), config_fingerprint(cfg))
 
     @functools.cached_property
-    def template_name(self) -> str:
-        """What the folder says it was trained with (templates.template_for_model)."""
+    def template_choice(self):
+        """What the folder says it was trained with, and why (templates.template_for_model)."""
         from zhlora.templates import template_for_model
 
-        return template_for_model(self.folder).name
+        return template_for_model(self.folder)
+
+    @property
+    def template_name(self) -> str:
+        return self.template_choice.name
 
 
 @dataclass(frozen=True)

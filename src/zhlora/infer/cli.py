@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from zhlora.cli import add_device_args
+from zhlora.cli_args import add_device_args
 from zhlora.errors import ZhloraError
 
 
@@ -87,9 +87,25 @@ def _engine(args, adapters: dict, **kw):
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would mix with chat output
 
-    return Engine.load(args.model, adapters=adapters, template=args.template, dtype=args.dtype,
-                       device=args.device, allow_bin=args.allow_bin,
-                       quantization=args.quantization, **kw)
+    engine = Engine.load(args.model, adapters=adapters, template=args.template, dtype=args.dtype,
+                         device=args.device, allow_bin=args.allow_bin,
+                         quantization=args.quantization, **kw)
+    say_templates(engine, args.template)
+    return engine
+
+
+def say_templates(engine, explicit: str | None) -> None:
+    """Which chat template each model uses, and why, on stderr (stdout may be the answers)."""
+    base = engine.adapters.base
+    if explicit:
+        print(f"template: {explicit} (--template)", file=sys.stderr)
+        return
+    if base is not None:
+        print(f"template (base): {base.template_choice}", file=sys.stderr)
+    for name in engine.adapter_names:
+        rec = engine.record(name)
+        print(f"template ({name}): {rec.template.name} "
+              f"({'the adapter metadata' if rec.meta.get('template') else 'the base'})", file=sys.stderr)
 
 
 def cmd_chat(args) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from zhlora.cli import add_device_args
+from zhlora.cli_args import add_device_args
 
 
 def register(sub) -> None:
