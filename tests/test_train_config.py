@@ -92,8 +92,26 @@ def test_peft_config_is_built_in_one_place(tiny_llama):
     lc = lora_config(family_of(tiny_llama), model, cfg.lora, ("embed_tokens", "lm_head"))
     assert lc.r == 4 and set(lc.target_modules) == {"q_proj", "v_proj"}
     assert lc.modules_to_save == ["lm_head", "embed_tokens"] and lc.task_type == "CAUSAL_LM"
-    with pytest.raises(Exception, match="lora_target \\['nope'\\] not found"):
+    from zhlora.errors import ZhloraError
+
+    with pytest.raises(ZhloraError, match="lora_target \\['nope'\\] not found"):
         lora_config(family_of(tiny_llama), model, load_config(None, ["model=m", "data=d", "lora_target=nope"]).lora)
+
+
+def test_make_tiny_adapter_goes_through_the_one_builder(tiny_llama, tmp_path, monkeypatch):
+    """The test/bench adapter maker builds its LoraConfig with train.lora.peft_config (the one
+    place PEFT's API churn is absorbed), not a LoraConfig of its own."""
+    import json
+
+    from zhlora.train import lora
+
+    seen = []
+    real = lora.peft_config
+    monkeypatch.setattr(lora, "peft_config", lambda *a, **k: seen.append(a) or real(*a, **k))
+    out = lora.make_tiny_adapter(tiny_llama, tmp_path / "a", r=4, alpha=8)
+    assert len(seen) == 1 and seen[0][0].r == 4
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["task_type"] == "CAUSAL_LM" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
 
 
 @pytest.mark.parametrize("ratio,warm", [(1.0, 6), (0.5, 3), (0.1, 1), (0.0, 0)])
