@@ -73,6 +73,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 1             # with gradient_checkpointing: every N-th layer (train/checkpointing.py)
     label_only_loss: bool = True          # LM head + loss only at label positions, chunked (train/loss.py)
     dtype: str = "auto"                   # auto: fp32 on CPU, bf16 on a recent GPU, fp16 on an older one
     device: str = "auto"                  # auto (CUDA when available) | cpu | cuda
@@ -129,7 +130,7 @@ class TrainConfig:
             problems.append("`model` is required (a Hugging Face model folder)")
         if not self.data:
             problems.append("`data` is required (a file or a list of files)")
-        for name in ("batch_size", "grad_accum", "cutoff_len", "lora_r"):
+        for name in ("batch_size", "grad_accum", "cutoff_len", "lora_r", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio <= 1:

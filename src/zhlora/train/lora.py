@@ -49,23 +49,23 @@ def peft_config(settings: LoraSettings, targets, modules_to_save=()):
                       use_dora=settings.use_dora, bias="none")
 
 
-def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool = False):
+def apply_lora(model, config, gradient_checkpointing: bool = False, kbit: bool = False, checkpoint_every: int = 1,
+               checkpoint_final: bool = False):
     """PEFT's LoRA on `model`; `kbit`: the base is quantized (bitsandbytes), prepared first by PEFT's
-    `prepare_model_for_kbit_training` (norms and head in fp32, input grads for checkpointing)."""
+    `prepare_model_for_kbit_training` (norms and head in fp32, frozen base). Checkpointing is
+    zhlora.train.checkpointing's (every `checkpoint_every`-th layer, the final one if `checkpoint_final`)."""
     import warnings
 
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    with warnings.catch_warnings():  # PEFT and we call transformers' deprecated checkpointing names
+    from zhlora.train.checkpointing import enable_checkpointing
+
+    if kbit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        enable_checkpointing(model, checkpoint_every, checkpoint_final)
+    with warnings.catch_warnings():  # PEFT calls transformers' deprecated checkpointing names
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
-        if kbit:
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-            model.config.use_cache = False
         return get_peft_model(model, config)
 
 

@@ -18,6 +18,7 @@ from zhlora.errors import ZhloraError
 from zhlora.families import Family
 from zhlora.models.loading import load_model
 from zhlora.train.config import TrainConfig
+from zhlora.train.checkpointing import enable_checkpointing
 from zhlora.train.lora import trainable_summary
 
 
@@ -48,8 +49,7 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer, say=print):
     trunk(model).prefix_encoder = new_prefix_encoder(model, s.pre_seq_len, s.prefix_projection)
     model.config.pre_seq_len, model.config.prefix_projection = s.pre_seq_len, s.prefix_projection
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model, cfg.checkpoint_every, final=True)  # PrefixTrainer: full logits
     say(f"P-Tuning v2 pre_seq_len={s.pre_seq_len} prefix_projection={s.prefix_projection} "
         f"(prefix encoder fp32, base frozen): {trainable_summary(model)}")
     return model

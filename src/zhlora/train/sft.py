@@ -170,7 +170,8 @@ def build_model(cfg: TrainConfig, family: Family, tokenizer):
     kbit = quant.normalize(cfg.quantization) is not None
     if kbit:
         say(f"quantization: {cfg.quantization} base (bitsandbytes), LoRA trained on top; gradient checkpointing on")
-    model = apply_lora(model, lcfg, cfg.gradient_checkpointing or kbit, kbit=kbit)
+    model = apply_lora(model, lcfg, cfg.gradient_checkpointing or kbit, kbit=kbit,
+                       checkpoint_every=cfg.checkpoint_every, checkpoint_final=not cfg.label_only_loss)
     say(f"{'DoRA' if lora.use_dora else 'LoRA'} r={lora.r} alpha={lora.alpha} on {sorted(lcfg.target_modules)}: "
         f"{trainable_summary(model)}")
     return model, resized
