@@ -4,8 +4,6 @@ checkpointing (fp32, 1e-5) for every family; the layers meant to be recomputed r
 per step and the others once."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,23 +13,13 @@ from zhlora.train.checkpointing import checkpointed_layers, enable_checkpointing
 from zhlora.train.config import LoraSettings, load_config
 from zhlora.train.loss import capture_head_input, label_only_loss, output_head
 
-from conftest import ZH_TEXTS
-from test_train_loss import ASSETS, _batch, _grads
+from test_train_loss import FAMILIES, _batch, _grads, make_bases
 from test_train_loss import _model as _loss_model
-
-FAMILIES = ["llama", "qwen2", "glm4", "chatglm", "chatglm2"]
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory) -> dict:
-    from zhlora.models.chatglm.tiny import make_tiny_chatglm
-    from zhlora.models.tiny import make_tiny_model
-
-    root = tmp_path_factory.mktemp("ckpt_bases")
-    out = {f: make_tiny_model(root / f, f, texts=ZH_TEXTS, hidden=32, layers=4) for f in FAMILIES[:3]}
-    out["chatglm"] = make_tiny_chatglm(root / "chatglm", "chatglm", tokenizer_dir=ASSETS / "v1", seed=1)
-    out["chatglm2"] = make_tiny_chatglm(root / "chatglm2", "chatglm2", tokenizer_dir=ASSETS / "v2", seed=1)
-    return out
+    return make_bases(tmp_path_factory.mktemp("ckpt_bases"), layers=4)
 
 
 def _model(path, family, gc: bool, train_head: bool):

@@ -26,16 +26,20 @@ ASSETS = Path(__file__).parent / "assets" / "chatglm"
 FAMILIES = ["llama", "qwen2", "glm4", "chatglm", "chatglm2"]
 
 
-@pytest.fixture(scope="module")
-def bases(tmp_path_factory) -> dict:
+def make_bases(root: Path, layers: int) -> dict:
+    """A tiny random base of every family (transformers' with `layers` layers)."""
     from zhlora.models.chatglm.tiny import make_tiny_chatglm
     from zhlora.models.tiny import make_tiny_model
 
-    root = tmp_path_factory.mktemp("loss_bases")
-    out = {f: make_tiny_model(root / f, f, texts=ZH_TEXTS, hidden=32, layers=2) for f in FAMILIES[:3]}
+    out = {f: make_tiny_model(root / f, f, texts=ZH_TEXTS, hidden=32, layers=layers) for f in FAMILIES[:3]}
     out["chatglm"] = make_tiny_chatglm(root / "chatglm", "chatglm", tokenizer_dir=ASSETS / "v1", seed=1)
     out["chatglm2"] = make_tiny_chatglm(root / "chatglm2", "chatglm2", tokenizer_dir=ASSETS / "v2", seed=1)
     return out
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict:
+    return make_bases(tmp_path_factory.mktemp("loss_bases"), layers=2)
 
 
 def _batch(path, family, packed: bool) -> dict:
