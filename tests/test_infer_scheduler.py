@@ -210,3 +210,22 @@ def test_infer_prompts_prefilled_together_equal_solo(engine4):
         together = sched.backend().prefill(fresh)
         alone = torch.cat([sched.backend().prefill([Sequence(p, a, o, None)]) for p, a, o in jobs])
     assert torch.equal(together, alone)
+
+
+def test_infer_failed_prefill_fails_alone(engine4):
+    """A prompt that breaks the shared prefill pass (a token id outside the vocabulary) fails
+    alone; the prompts prefilled beside it are retried one by one and answer as usual."""
+    opts = GenerationOptions(max_new_tokens=6, ignore_eos=True)
+    good = [(engine4.encode(convs([p])[0], a, 6), a) for p, a in zip(PROMPTS, ("gec", None, "a3"))]
+    want = [engine4.complete([p], a, opts)[0].text for p, a in good]
+    bad = good[0][0][:-1] + [engine4.model.get_input_embeddings().num_embeddings + 5]
+    sched = engine4.scheduler
+    forwards, prefilled = sched.prefill_forwards, sched.prefilled
+    with engine4.lock:
+        seqs = [engine4.submit(p, a, opts) for p, a in [good[0], (bad, "poem"), *good[1:]]]
+    with pytest.raises(IndexError):
+        seqs[1].future.result(timeout=300)
+    got = [s.future.result(timeout=300).text for s in (seqs[0], *seqs[2:])]
+    # the shared pass (failed), then each of the 4 alone; 3 prefilled
+    assert (sched.prefill_forwards - forwards, sched.prefilled - prefilled) == (5, 3)
+    assert [engine4.template_for(a).answer_text(t) for t, (_, a) in zip(got, good)] == want
