@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_adapters import MIX, TEXT, build  # noqa: E402
+from serve_adapters import MIX, TEXT, build
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     times: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeats):
         for together in (False, True):
-            t, out = run(together)
+            t, _ = run(together)
             times[together].append(t)
     same = torch.equal(run(False)[1], run(True)[1])
     one, all_ = statistics.median(times[False]), statistics.median(times[True])
