@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from test_infer_fixtures import PROMPTS, convs, engine, infer_setup, make_adapter  # noqa: F401
 
 from zhlora.errors import ZhloraError
 from zhlora.infer.decoding import ROW_QUANTUM, RowsBackend, padded_layout
 from zhlora.infer.engine import Engine, GenerationOptions
+from zhlora.infer.scheduler import Sequence
 
 ADAPTERS = [None, "gec", "poem", "a3", "a4"]
 
@@ -155,7 +157,6 @@ def test_infer_unload_waits_for_running_requests(infer_setup):
 def test_infer_chatglm_steps_alone_like_generate(tmp_path):
     """zhlora's ChatGLM port is outside transformers' attention interface: each sequence
     steps alone (SoloBackend) and gives what transformers' generate gives."""
-    import torch
 
     from zhlora.infer.decoding import SoloBackend
     from zhlora.models.chatglm.tiny import make_tiny_chatglm
@@ -172,3 +173,59 @@ def test_infer_chatglm_steps_alone_like_generate(tmp_path):
                                  max_new_tokens=8, do_sample=False, eos_token_id=None)
         assert text == eng.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
     assert got == [8, 8]
+
+
+def test_infer_prompts_prefilled_together_equal_solo(engine4):
+    """Requests queued at one token boundary are prefilled in ONE forward pass (prompts of
+    different lengths and adapters side by side), and every greedy answer still equals, token
+    for token, the answer of that request run alone."""
+    from zhlora.infer.metrics import ServeMetrics
+
+    sched = engine4.scheduler
+    jobs = []
+    for i, a in enumerate(ADAPTERS + ["gec", None, "a3"]):
+        prompt = engine4.encode(convs([PROMPTS[i % 4] * (1 + i % 3)])[0], a, 9)[: 9 + 5 * i]
+        jobs.append((prompt, a, GenerationOptions(max_new_tokens=5 + i, ignore_eos=True)))
+    assert len({len(p) % 4 for p, _, _ in jobs}) >= 3   # spans that do not start on a block
+    solo = []
+    for p, a, o in jobs:
+        seq = engine4.submit(p, a, o)
+        seq.future.result(timeout=300)
+        solo.append(seq.generated)
+    sched.metrics = metrics = ServeMetrics(sched)
+    forwards, prefilled = sched.prefill_forwards, sched.prefilled
+    try:
+        with engine4.lock:  # the scheduler waits at the boundary: all of them queue up
+            seqs = [engine4.submit(p, a, o) for p, a, o in jobs]
+        [s.future.result(timeout=300) for s in seqs]
+    finally:
+        sched.metrics = None
+    assert (sched.prefill_forwards - forwards, sched.prefilled - prefilled) == (1, len(jobs))
+    assert [s.generated for s in seqs] == solo and len({tuple(g) for g in solo}) > 4
+    text = metrics.render()[0].decode()
+    assert "zhlora_prefill_forwards_total 1.0" in text and f"zhlora_prefill_prompts_total {len(jobs)}.0" in text
+    # the numbers themselves: a prompt's logits are the same bits together or alone
+    with engine4.lock, torch.inference_mode():
+        fresh = [Sequence(p, a, o, None) for p, a, o in jobs]
+        together = sched.backend().prefill(fresh)
+        alone = torch.cat([sched.backend().prefill([Sequence(p, a, o, None)]) for p, a, o in jobs])
+    assert torch.equal(together, alone)
+
+
+def test_infer_failed_prefill_fails_alone(engine4):
+    """A prompt that breaks the shared prefill pass (a token id outside the vocabulary) fails
+    alone; the prompts prefilled beside it are retried one by one and answer as usual."""
+    opts = GenerationOptions(max_new_tokens=6, ignore_eos=True)
+    good = [(engine4.encode(convs([p])[0], a, 6), a) for p, a in zip(PROMPTS, ("gec", None, "a3"))]
+    want = [engine4.complete([p], a, opts)[0].text for p, a in good]
+    bad = good[0][0][:-1] + [engine4.model.get_input_embeddings().num_embeddings + 5]
+    sched = engine4.scheduler
+    forwards, prefilled = sched.prefill_forwards, sched.prefilled
+    with engine4.lock:
+        seqs = [engine4.submit(p, a, opts) for p, a in [good[0], (bad, "poem"), *good[1:]]]
+    with pytest.raises(IndexError):
+        seqs[1].future.result(timeout=300)
+    got = [s.future.result(timeout=300).text for s in (seqs[0], *seqs[2:])]
+    # the shared pass (failed), then each of the 4 alone; 3 prefilled
+    assert (sched.prefill_forwards - forwards, sched.prefilled - prefilled) == (5, 3)
+    assert [engine4.template_for(a).answer_text(t) for t, (_, a) in zip(got, good)] == want

@@ -7,14 +7,19 @@ arithmetic must be the same whatever shares its batch:
 - Attention runs per sequence on its own KV cache (`SeqCache`: no padding, no mask), through
   an attention function registered with transformers (`zhlora_rows`; it falls back to sdpa
   when no scheduler step is running, so other callers of the model see plain sdpa).
-- Linear layers (and PEFT's per-adapter LoRA sub-batches, `adapter_names`) run batched. A CPU
-  GEMM gives a row bit-identical results only if the row sits in a full block of the
-  kernel's micro-tile: measured on fp32 CPU, rows of an M=1, 2 or 3 (or a ragged tail) GEMM
-  differ in the last bits from rows of an M=4k GEMM. So every adapter's group of rows is
-  padded to a multiple of `ROW_QUANTUM` with dummy rows (no cache, zero attention output,
-  thrown away), and the base rows likewise; solo decoding is padded the same way.
-- Prefill runs one sequence at a time (same shapes alone or not); only its last position's
-  logits are computed.
+- Every forward pass, prefill or decode, runs the new tokens of all its sequences as one
+  flat column: input (N, 1) with N the tokens of the step, so that linear layers see one
+  (N, hidden) GEMM and PEFT's per-sample routing (`adapter_names`) is per token. Each
+  sequence's tokens are one contiguous span; attention runs per span on the sequence's own
+  cache. So prompts of different lengths and adapters are prefilled in ONE forward, with no
+  padding between them and no mask.
+- Linear layers (and PEFT's per-adapter LoRA sub-batches) run batched. A CPU GEMM gives a row
+  bit-identical results only if the row sits in a full block of the kernel's micro-tile:
+  measured on fp32 CPU, rows of an M=1, 2 or 3 (or a ragged tail) GEMM differ in the last
+  bits from rows of an M=4k GEMM. So the tokens are grouped by adapter and every group is
+  padded to a multiple of `ROW_QUANTUM` with dummy tokens (no cache, zero attention output,
+  thrown away); a solo step is padded the same way. Only the rows whose logits are wanted
+  (each sequence's last token) reach the head, again padded to a multiple of ROW_QUANTUM.
 
 Models whose attention does not go through transformers' attention interface (our ChatGLM
 port) use `SoloBackend`: each sequence steps alone with its own transformers cache.
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 ROW_QUANTUM = 4
 ATTN_NAME = "zhlora_rows"
 BASE_ROW = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
-_active = threading.local()  # .rows: list of (batch row, SeqCache) while a step runs
+_active = threading.local()  # .spans: list of (first row, tokens, SeqCache) while a step runs
 
 
 class SeqCache:
@@ -58,22 +63,29 @@ class SeqCache:
 
 
 def row_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Attention per sequence on its own cache. query (B, H, q, D), key/value (B, Hkv, q, D)
-    for the new tokens -> (B, q, H, D) like transformers' sdpa function."""
-    rows = getattr(_active, "rows", None)
-    if rows is None:
+    """Attention per sequence on its own cache. query (N, H, 1, D), key/value (N, Hkv, 1, D):
+    the step's N new tokens as one column, each sequence a span of rows -> (N, 1, H, D) like
+    transformers' sdpa function. A span of n > 1 tokens is a prompt on an empty cache (causal)."""
+    spans = getattr(_active, "spans", None)
+    if spans is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     gqa = query.shape[1] != key.shape[1]
-    for row, cache in rows:
-        k, v = cache.append(module.layer_idx, key[row:row + 1], value[row:row + 1])
-        o = F.scaled_dot_product_attention(query[row:row + 1], k, v, is_causal=query.shape[2] > 1,
-                                           scale=scaling, enable_gqa=gqa)   # (1, H, q, D)
-        out[row] = o[0].transpose(0, 1)
+    for start, n, cache in spans:
+        rows = slice(start, start + n)
+        k, v = cache.append(module.layer_idx, _span(key, rows), _span(value, rows))
+        o = F.scaled_dot_product_attention(_span(query, rows), k, v, is_causal=n > 1,
+                                           scale=scaling, enable_gqa=gqa)   # (1, H, n, D)
+        out[rows, 0] = o[0].transpose(0, 1)
     return out, None
+
+
+def _span(x: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Rows of a column (N, H, 1, D) -> one sequence (1, H, n, D)."""
+    return x[rows, :, 0].transpose(0, 1)[None]
 
 
 def _register() -> None:
@@ -89,6 +101,7 @@ class RowsBackend:
 
     def __init__(self, engine):
         self.engine = engine
+        self.forwards = 0   # forward passes run (the scheduler counts its prefills with it)
 
     @staticmethod
     def supports(model) -> bool:
@@ -104,35 +117,52 @@ class RowsBackend:
             cfg._attn_implementation = "sdpa"
         return bool(calls)
 
-    def prefill(self, seq) -> torch.Tensor:
-        """The prompt of one sequence -> logits (V,) of its next token."""
-        ids = torch.tensor([seq.prompt], device=self.engine.device)
-        pos = torch.arange(len(seq.prompt), device=ids.device)[None]
-        return self._forward(ids, pos, [seq.adapter], [(0, seq.cache)])[0]
+    def prefill(self, seqs: list) -> torch.Tensor:
+        """The prompts of `seqs` (any lengths, adapters) in one forward -> logits (len(seqs), V)
+        of each one's next token."""
+        return self.step([(s, s.prompt, 0) for s in seqs])
 
     def decode(self, seqs: list) -> torch.Tensor:
         """One token for every sequence -> logits (len(seqs), V), rows in `seqs` order."""
-        layout = padded_layout([s.adapter for s in seqs])
-        rows = [(r, seqs[i].cache) for r, (i, _) in enumerate(layout) if i is not None]
-        where = {i: r for r, (i, _) in enumerate(layout) if i is not None}
-        tok = [[seqs[i].last_token if i is not None else 0] for i, _ in layout]    # dummies: token 0
-        pos = [[seqs[i].length - 1 if i is not None else 0] for i, _ in layout]
-        dev = self.engine.device
-        logits = self._forward(torch.tensor(tok, device=dev), torch.tensor(pos, device=dev),
-                               [name for _, name in layout], rows)
-        return logits[[where[i] for i in range(len(seqs))]]
+        return self.step([(s, [s.last_token], s.length - 1) for s in seqs])
 
-    def _forward(self, ids, pos, names, rows) -> torch.Tensor:
+    def step(self, work: list) -> torch.Tensor:
+        """One forward for [(sequence, new token ids, position of the first)] -> logits
+        (len(work), V) after each item's last token."""
+        layout = padded_layout([seq.adapter for seq, _, _ in work])
+        ids, pos, names, spans, last = [], [], [], [], {}
+        for i, name in layout:
+            seq, new, first = work[i] if i is not None else (None, [0], 0)   # dummies: token 0
+            if i is not None:
+                spans.append((len(ids), len(new), seq.cache))
+                last[i] = len(ids) + len(new) - 1
+            ids += new
+            pos += range(first, first + len(new))
+            names += [name] * len(new)
+        dev = self.engine.device
+        col = [torch.tensor(x, device=dev)[:, None] for x in (ids, pos)]   # (N, 1) each
+        return self._forward(*col, names, spans, [last[i] for i in range(len(work))])
+
+    def _forward(self, ids, pos, names, spans, keep) -> torch.Tensor:
         model = self.engine.model
         kw = {}
         if hasattr(model, "peft_config"):
             kw["adapter_names"] = [BASE_ROW if n is None else n for n in names]
-        _active.rows = rows
+        head = model.get_output_embeddings()
+        rows = keep + keep[:1] * (-len(keep) % ROW_QUANTUM)   # the head sees full blocks too
+        # a plain head computes only the rows asked for (a LoRA-wrapped head routes per row: all)
+        hook = (head.register_forward_pre_hook(lambda _m, args: (args[0][rows], *args[1:]))
+                if type(head) is torch.nn.Linear else None)
+        _active.spans = spans
+        self.forwards += 1
         try:
             out = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, **kw)
         finally:
-            _active.rows = None
-        return out.logits[:, -1].float()  # (B, V)
+            _active.spans = None
+            if hook is not None:
+                hook.remove()
+        logits = out.logits[:, -1]                              # (len(rows) or N, V)
+        return (logits[:len(keep)] if hook is not None else logits[keep]).float()
 
 
 def _probe(model) -> int:
@@ -144,14 +174,14 @@ def _probe(model) -> int:
             calls.append(1)
             return iter(())
 
-    _active.rows = _Counting()
+    _active.spans = _Counting()
     try:
         ids = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
         model(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False, logits_to_keep=1)
     except Exception:  # a model that cannot run this way is not supported
         return 0
     finally:
-        _active.rows = None
+        _active.spans = None
     return len(calls)
 
 
@@ -173,9 +203,10 @@ class SoloBackend:
 
     def __init__(self, engine):
         self.engine = engine
+        self.forwards = 0
 
-    def prefill(self, seq) -> torch.Tensor:
-        return self._step(seq, seq.prompt)
+    def prefill(self, seqs: list) -> torch.Tensor:
+        return torch.stack([self._step(s, s.prompt) for s in seqs])
 
     def decode(self, seqs: list) -> torch.Tensor:
         return torch.stack([self._step(s, [s.last_token]) for s in seqs])
@@ -195,6 +226,7 @@ class SoloBackend:
             ids, cache=seq.hf_cache, attention_mask=torch.ones_like(ids), use_cache=True,
             next_sequence_length=len(new))
         inputs.update(kw)
+        self.forwards += 1
         with self.engine.prefix_active(seq.adapter if prefix else None):
             out = model(**inputs)
         return out.logits[0, -1].float()

@@ -4,6 +4,8 @@
     zhlora_prompt_tokens_total{adapter}, zhlora_generation_tokens_total{adapter}
     zhlora_queue_wait_seconds{adapter}                  histogram: submitted -> admitted
     zhlora_time_to_first_token_seconds{adapter}         histogram: submitted -> first token
+    zhlora_prefill_forwards_total, zhlora_prefill_prompts_total  prefill passes and the prompts
+                                                        they held (prompts / passes: batched prefill)
     zhlora_running_sequences, zhlora_waiting_sequences  gauges
 """
 from __future__ import annotations
@@ -27,6 +29,9 @@ class ServeMetrics:
                                     ["adapter"], buckets=_BUCKETS, registry=r)
         self.ttft = Histogram("zhlora_time_to_first_token_seconds", "time from submission to the first token",
                               ["adapter"], buckets=_BUCKETS, registry=r)
+        self.prefill_forwards = Counter("zhlora_prefill_forwards", "forward passes that prefilled prompts",
+                                        registry=r)
+        self.prefill_prompts = Counter("zhlora_prefill_prompts", "prompts prefilled", registry=r)
         Gauge("zhlora_running_sequences", "sequences in the running batch",
               registry=r).set_function(lambda: scheduler.running)
         Gauge("zhlora_waiting_sequences", "sequences waiting for a batch slot",
@@ -42,6 +47,11 @@ class ServeMetrics:
             self.queue_wait.labels(name).observe(seq.started_at - seq.submitted_at)
         if seq.first_token_at is not None:
             self.ttft.labels(name).observe(seq.first_token_at - seq.submitted_at)
+
+    def record_prefill(self, prompts: int, forwards: int) -> None:
+        """Called by the scheduler after prefilling `prompts` prompts in `forwards` passes."""
+        self.prefill_prompts.inc(prompts)
+        self.prefill_forwards.inc(forwards)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -2,8 +2,9 @@
 
 A request (prompt ids, adapter or None for the base, options, stop rules) waits in a queue;
 at each token boundary the scheduler thread admits waiting requests up to `max_batch`
-(prefill, first token), then runs one decoding step for every running sequence in one
-forward pass (PEFT routes each row to its adapter, `decoding.py` keeps the numbers batch
+and prefills their prompts together in one forward pass (first token; at most
+`prefill_tokens` prompt tokens a pass), then runs one decoding step for every running
+sequence in one forward pass (PEFT routes each row to its adapter, `decoding.py` keeps the numbers batch
 independent). A sequence leaves as soon as it ends (stop token or string, max_new_tokens,
 the position limit) or is cancelled (client gone), which frees its slot for the next one.
 
@@ -65,6 +66,9 @@ class Scheduler:
         self.steps = 0               # decoding steps run (for /health)
         self.widest = 0              # most sequences in one step
         self.mixed_steps = 0         # steps whose batch held more than one adapter (or the base)
+        self.prefill_forwards = 0    # forward passes that prefilled prompts
+        self.prefilled = 0           # prompts prefilled (prefilled / prefill_forwards: prompts a pass)
+        self.prefill_tokens = 8192   # most prompt tokens in one prefill pass (memory bound)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._wake = threading.Condition()
@@ -120,27 +124,49 @@ class Scheduler:
         return self._backend
 
     def _admit(self) -> None:
-        while len(self._running) < self.max_batch:
+        """Admit waiting requests up to max_batch; prefill them together -> first tokens."""
+        admitted = []
+        while len(self._running) + len(admitted) < self.max_batch:
             with self._wake:
                 seq = self._next_admissible()
                 if seq is None:
-                    return
+                    break
             if seq.cancel.is_set():
                 self._finish(seq, cancelled=True)
                 continue
             seq.started_at = time.perf_counter()
             if seq.sink is not None:
                 seq.sink.put(torch.tensor(seq.prompt))  # a streamer's first call is the prompt
-            try:
-                logits = self.backend().prefill(seq)
-            except Exception as e:  # this request fails alone
-                self._fail(seq, e)
-                continue
-            end = self._take(seq, logits)
-            if end:
-                self._finish(seq, stop_token=end.stop_token)
-            else:
-                self._running.append(seq)
+            admitted.append(seq)
+        for group in _token_groups(admitted, self.prefill_tokens):
+            for seq, logits in self._prefill(group):
+                end = self._take(seq, logits)
+                if end:
+                    self._finish(seq, stop_token=end.stop_token)
+                else:
+                    self._running.append(seq)
+
+    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, torch.Tensor]]:
+        """-> [(sequence, logits (V,))] for the prompts of `seqs`, one forward for all; if it
+        fails, each is retried alone and a request that fails alone fails (not the others)."""
+        backend = self.backend()
+        before, prefilled = backend.forwards, self.prefilled
+        try:
+            out = list(zip(seqs, backend.prefill(seqs)))
+            self.prefilled += len(seqs)
+        except Exception:
+            out = []
+            for seq in seqs:
+                seq.cache, seq.hf_cache = SeqCache(), None    # whatever the failed pass left
+                try:
+                    out.append((seq, backend.prefill([seq])[0]))
+                    self.prefilled += 1
+                except Exception as e:
+                    self._fail(seq, e)
+        self.prefill_forwards += backend.forwards - before
+        if self.metrics is not None:
+            self.metrics.record_prefill(self.prefilled - prefilled, backend.forwards - before)
+        return out
 
     def _next_admissible(self) -> Sequence | None:
         """The oldest waiting request whose adapter can be in memory now (LRU, --max-loras)."""
@@ -209,6 +235,20 @@ class Scheduler:
             seq.sink.fail(error)
         if not seq.future.done():
             seq.future.set_exception(error)
+
+
+def _token_groups(seqs: list[Sequence], budget: int) -> list[list[Sequence]]:
+    """`seqs` in order, cut into groups of at most `budget` prompt tokens (a longer prompt
+    is a group alone)."""
+    groups: list[list[Sequence]] = []
+    used = budget
+    for seq in seqs:
+        if used + len(seq.prompt) > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(seq)
+        used += len(seq.prompt)
+    return groups
 
 
 @dataclass

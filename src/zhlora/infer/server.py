@@ -106,7 +106,8 @@ def create_app(engine: Engine, cfg: ServeConfig):
         s, sch = state.stats, engine.scheduler
         return {"status": "ok", "active": s.active, "finished_streams": s.finished,
                 "cancelled_streams": s.cancelled, "running": sch.running, "waiting": sch.waiting,
-                "steps": sch.steps, "widest_batch": sch.widest, "adapters": engine.adapter_names,
+                "steps": sch.steps, "widest_batch": sch.widest,
+                "prefill_forwards": sch.prefill_forwards, "prefilled": sch.prefilled, "adapters": engine.adapter_names,
                 "resident_adapters": list(engine.adapters.resident)}
 
     @app.get("/metrics")
