@@ -285,8 +285,9 @@ def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> s
                         ("estimated peak", "total")):
         lines.append(f"  {label:<28}" + "".join(f"{getattr(e, attr) / GiB:>20.2f}" for e in ests))
     lines += fit_lines(ests, gpus)
-    lines.append("  QLoRA needs quantization=4bit and bitsandbytes; gradient_checkpointing=true "
-                 "cuts activations to about one layer's worth")
+    lines.append("  QLoRA needs quantization=4bit and bitsandbytes and trains with gradient checkpointing "
+                 "(planned so); for LoRA, gradient_checkpointing=true cuts activations to each layer's "
+                 "input plus one layer's worth")
     return "\n".join(lines)
 
 
