@@ -13,8 +13,17 @@ import torch
 from zhlora.families import family_of
 from zhlora.models.tiny import make_tiny_model
 from zhlora.train.config import load_config
-from zhlora.train.plan import (NF4_BYTES, activation_bytes, build_plan, estimate, layer_activation_bytes,
-                               logits_bytes, loss_chunk_rows, meta_model, read_shape)
+from zhlora.train.plan import (
+    NF4_BYTES,
+    activation_bytes,
+    build_plan,
+    estimate,
+    layer_activation_bytes,
+    logits_bytes,
+    loss_chunk_rows,
+    meta_model,
+    read_shape,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "configs"

@@ -156,8 +156,9 @@ def shared_inputs(layer, wrapped, s: Shape) -> int:
                 and "lora_" not in n and "base_layer" not in n]
         outs = [m for m in lins if _base(m).out_features == s.hidden]
         for m in lins:
-            if m in wrapped:
-                groups[(id(block), outs and m is outs[-1] and id(m))] = _base(m).in_features
+            if m in wrapped:  # the output projection on its own, the others on one shared input
+                role = "own" if outs and m is outs[-1] else "shared"
+                groups[(id(block), role)] = _base(m).in_features
     return sum(groups.values())
 
 
@@ -172,8 +173,8 @@ def layer_activation_bytes(s: Shape, lora_dropout: float, dtype_bytes: int) -> f
     do). A frozen linear keeps nothing of its input: only LoRA's A does, so a linear's input
     is counted once per group of wrapped linears that read the same tensor (fp32), or once per
     wrapped linear in bf16/fp16, where PEFT casts each input to its fp32 adapter and autocast
-    casts it back, a copy each. Terms: the 2 norms keep their input (in fp32: they upcast
-    it), q, k, v and the attention output (attn_out + h); MLP: gate, up, act(gate) (3 x ffn;
+    casts it back, a copy each. Terms: the 2 norms keep their input (in bf16/fp16 an fp32
+    copy of it, as they upcast), q, k, v and the attention output (attn_out + h); MLP: gate, up, act(gate) (3 x ffn;
     ungated: the inner output); the wrapped inputs; each A's output (r). With dropout, each
     wrapped linear keeps its dropout output and mask instead of the shared input."""
     norms = 2 * s.hidden * 4 if dtype_bytes < 4 else 2 * s.hidden * dtype_bytes
@@ -195,7 +196,7 @@ def activation_bytes(s: Shape, tokens: int, cfg: TrainConfig, dtype_bytes: int,
     per_layer = layer_activation_bytes(s, cfg.lora_dropout, dtype_bytes)
     resid = residual_bytes or dtype_bytes
     kept = s.layers * s.hidden * resid + per_layer if ckpt else s.layers * per_layer
-    return tokens * (kept + 2 * s.hidden * resid + 2 * s.hidden * resid)
+    return tokens * (kept + 4 * s.hidden * resid)  # final norm in and out, gradient in flight
 
 
 def loss_chunk_rows(vocab: int) -> int:
