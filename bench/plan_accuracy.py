@@ -1,6 +1,6 @@
 """How close is `zhlora train --plan` to a real run? Estimated vs measured peak memory on CPU.
 
-    .venv/bin/python bench/plan_accuracy.py [--quick]
+    .venv/bin/python bench/plan_accuracy.py [--runs A-off,A-on,B-off,B-on,Q-on] [--steps 2]
 
 Runs, each its own process, through `zhlora.train.sft.train` (fp32, LoRA r=16 on all 7
 linears, packing, `label_only_loss` and the other defaults, 2 optimizer steps):
