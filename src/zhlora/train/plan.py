@@ -2,23 +2,34 @@
 
 The model is built on the meta device from `config.json` alone (no weights, no memory), LoRA
 is put on it through PEFT with the recipe's targets, and the parameters are counted. The peak
-memory of one training process is then estimated for LoRA (weights in the compute dtype) and
-QLoRA (4-bit NF4 weights), in bytes:
+of what the PyTorch allocator holds for one training process (on a GPU what
+`torch.cuda.max_memory_allocated` reports) is then estimated for LoRA (weights in the compute
+dtype) and QLoRA (4-bit NF4 weights), in bytes:
 
-    weights        frozen parameters x bytes per parameter (QLoRA: linear layers at 4 bits
-                   plus their quantization constants, the rest in the compute dtype)
+    weights        frozen parameters x bytes per parameter. QLoRA: linear layers at 4 bits plus
+                   their quantization constants, one dequantized weight in flight, and every
+                   other parameter (embeddings, norms, the output layer) in fp32, because PEFT's
+                   `prepare_model_for_kbit_training` upcasts all fp16/bf16 parameters that are
+                   not 4-bit
     adapter        trainable parameters x 16: fp32 weight, fp32 gradient, AdamW's two fp32
                    moments (PEFT keeps adapters in fp32 over a bf16/fp16 base)
-    activations    what autograd keeps for the backward pass, per token (see
-                   `layer_activation_elems`), x layers, x tokens per step (batch x cutoff_len:
-                   packed rows are full; unpacked batches are padded up to the longest row, at
-                   worst cutoff_len); with gradient checkpointing only each layer's input is
-                   kept, plus one layer recomputed at a time
-    logits         batch x cutoff_len x vocab, in the compute dtype, upcast to fp32 for the
-                   loss, and the fp32 gradient of the log-softmax
+    activations    what autograd keeps for the backward pass (`layer_activation_bytes` per
+                   token and layer), at batch x cutoff_len tokens per step (packed rows are
+                   full; padding-free and padded batches hold at most that many), plus the
+                   final norm and the gradient flowing between layers. Without gradient
+                   checkpointing every layer's activations are kept; with it (always on for
+                   QLoRA, as training turns it on) each layer's input, and one layer's
+                   activations while it is recomputed
+    logits         with `label_only_loss` (the default) the head and the cross-entropy run only
+                   at label positions, in chunks of about `loss.CHUNK_ELEMENTS` logits: one
+                   chunk's fp32 logits and their gradient/temporary (8 bytes a logit), plus the
+                   gathered hidden states of the label tokens and their gradient. The plan
+                   assumes every position is a label (an upper bound); without
+                   `label_only_loss`: all positions' logits, their fp32 upcast and gradient
 
-Not counted: the CUDA context and allocator slack (about 0.5-1 GiB beyond what
-`torch.cuda.max_memory_allocated` reports; `fits` keeps 1 GiB and 10% aside for them), and
+Checked against the live-tensor peak of real CPU runs (fp32) in bench/plan_accuracy.py
+(BENCHMARKS.md, "Memory plan"). Not counted: the CUDA context and allocator slack (about
+0.5-1 GiB beyond `max_memory_allocated`; `fits` keeps 1 GiB and 10% aside for them), and
 ZeRO/FSDP sharding (the plan is for one process holding the whole model).
 """
 from __future__ import annotations
@@ -56,6 +67,9 @@ class Shape:
     ffn: int            # MLP inner size
     gated: bool         # SwiGLU-style MLP (two inner projections)
     lora_inputs: int    # sum of in_features of the LoRA-wrapped linears in one layer
+    lora_ranks: int = 0  # sum of the ranks of the LoRA-wrapped linears in one layer (A's outputs)
+    lora_shared_inputs: int = 0  # elements of the distinct inputs of the wrapped linears (q, k, v
+    #                              share the attention norm's output, gate and up the MLP norm's)
 
 
 @dataclass(frozen=True)
@@ -124,50 +138,104 @@ def read_shape(base) -> Shape:
 
 def with_trainable(s: Shape, peft_model) -> Shape:
     """`s` with the trainable count and LoRA-wrapped inputs of `peft_model` (built on it)."""
-    lora_in = sum(m.base_layer.in_features for m in decoder_layer(peft_model).modules()
-                  if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear))
+    wrapped = [m for m in decoder_layer(peft_model).modules()
+               if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), torch.nn.Linear)]
     return dataclasses.replace(s, trainable=sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
-                               lora_inputs=lora_in)
+                               lora_inputs=sum(m.base_layer.in_features for m in wrapped),
+                               lora_ranks=sum(a.out_features for m in wrapped for a in m.lora_A.values()),
+                               lora_shared_inputs=shared_inputs(decoder_layer(peft_model), wrapped, s))
 
 
-def layer_activation_elems(s: Shape, lora_dropout: float) -> int:
-    """Elements autograd keeps per token for one decoder layer (pre-norm block, fused attention
-    that keeps q, k, v and its output but no T x T score matrix, as sdpa's flash and
-    memory-efficient kernels do):
-    2 norms x (input + normalized) = 4h; q, k, v = attn_out; attention output and the
-    output projection's input = 2h; MLP: gate, up, act(gate), act*up = 4 x ffn (ungated:
-    inner output, activation = 2 x ffn); LoRA dropout keeps a copy of each wrapped input."""
-    mlp = (4 if s.gated else 2) * s.ffn
-    dropout = s.lora_inputs if lora_dropout > 0 else 0
-    return 4 * s.hidden + s.attn_out + 2 * s.hidden + mlp + dropout
+def shared_inputs(layer, wrapped, s: Shape) -> int:
+    """Elements per token of the distinct tensors the wrapped linears of `layer` read. In each
+    block (attention, MLP) the last linear writing `hidden` (o_proj / dense, down_proj /
+    dense_4h_to_h) reads its own input; the block's other linears (q, k, v; gate, up) share one."""
+    groups: dict[tuple, int] = {}
+    for block in layer.children():
+        lins = [m for n, m in block.named_modules() if isinstance(_base(m), torch.nn.Linear)
+                and "lora_" not in n and "base_layer" not in n]
+        outs = [m for m in lins if _base(m).out_features == s.hidden]
+        for m in lins:
+            if m in wrapped:  # the output projection on its own, the others on one shared input
+                role = "own" if outs and m is outs[-1] else "shared"
+                groups[(id(block), role)] = _base(m).in_features
+    return sum(groups.values())
 
 
-def activation_bytes(s: Shape, tokens: int, cfg: TrainConfig, dtype_bytes: int) -> float:
-    """Activations of the whole decoder for `tokens` tokens per step (logits apart)."""
-    per_layer = layer_activation_elems(s, cfg.lora_dropout) * dtype_bytes
-    if cfg.gradient_checkpointing:  # each layer's input kept, one layer recomputed at a time
-        kept = s.layers * s.hidden * dtype_bytes + 2 * per_layer
-    else:                           # all layers kept, plus one layer's gradients in flight
-        kept = (s.layers + 1) * per_layer
-    return tokens * (kept + s.hidden * dtype_bytes)  # + the embedding output
+def _base(m):
+    return getattr(m, "base_layer", m)
 
 
-def logits_bytes(s: Shape, tokens: int, dtype_bytes: int) -> float:
-    """Logits in the compute dtype, their fp32 upcast and the fp32 log-softmax gradient."""
-    return tokens * s.vocab * (dtype_bytes + 4 + 4)
+def layer_activation_bytes(s: Shape, lora_dropout: float, dtype_bytes: int) -> float:
+    """Bytes autograd keeps per token for one decoder layer with a frozen base and LoRA on top
+    (pre-norm block; fused attention keeping q, k, v, its output and a log-sum-exp, no T x T
+    scores, as sdpa's flash/memory-efficient kernels and zhlora's per-sample packed attention
+    do). A frozen linear keeps nothing of its input: only LoRA's A does, so a linear's input
+    is counted once per group of wrapped linears that read the same tensor (fp32), or once per
+    wrapped linear in bf16/fp16, where PEFT casts each input to its fp32 adapter and autocast
+    casts it back, a copy each. Terms: the 2 norms keep their input (in bf16/fp16 an fp32
+    copy of it, as they upcast), q, k, v and the attention output (attn_out + h); MLP: gate, up, act(gate) (3 x ffn;
+    ungated: the inner output); the wrapped inputs; each A's output (r). With dropout, each
+    wrapped linear keeps its dropout output and mask instead of the shared input."""
+    norms = 2 * s.hidden * 4 if dtype_bytes < 4 else 2 * s.hidden * dtype_bytes
+    mlp = (3 if s.gated else 1) * s.ffn
+    if lora_dropout > 0:
+        lora_in = s.lora_inputs * (dtype_bytes + 1)
+    else:
+        lora_in = (s.lora_inputs if dtype_bytes < 4 else s.lora_shared_inputs) * dtype_bytes
+    return norms + (s.attn_out + s.hidden + mlp + s.lora_ranks) * dtype_bytes + lora_in
 
 
-def estimate(s: Shape, cfg: TrainConfig, dtype_bytes: int, quantized: bool) -> Estimate:
-    """Peak memory of one process for LoRA (`quantized=False`) or QLoRA, in bytes."""
+def activation_bytes(s: Shape, tokens: int, cfg: TrainConfig, dtype_bytes: int,
+                     checkpointing: bool | None = None, residual_bytes: int | None = None) -> float:
+    """Activations of the whole decoder for `tokens` tokens per step (logits apart):
+    without checkpointing all layers' activations; with it each layer's input (in
+    `residual_bytes`, the residual stream's dtype) and one layer recomputed; both plus the
+    final norm's input and output and the gradient between layers (2h each)."""
+    ckpt = cfg.gradient_checkpointing if checkpointing is None else checkpointing
+    per_layer = layer_activation_bytes(s, cfg.lora_dropout, dtype_bytes)
+    resid = residual_bytes or dtype_bytes
+    kept = s.layers * s.hidden * resid + per_layer if ckpt else s.layers * per_layer
+    return tokens * (kept + 4 * s.hidden * resid)  # final norm in and out, gradient in flight
+
+
+def loss_chunk_rows(vocab: int) -> int:
+    """Rows per chunk of the label-only loss (as `loss.chunk_rows` computes them)."""
+    from zhlora.train.loss import CHUNK_ELEMENTS
+
+    return max(16, CHUNK_ELEMENTS // max(vocab, 1))
+
+
+def logits_bytes(s: Shape, tokens: int, dtype_bytes: int, label_only: bool = True,
+                 label_tokens: int | None = None) -> float:
+    """The head and the loss. Label-only (chunked): one chunk of fp32 logits with its
+    gradient/temporary (8 bytes a logit) and the label tokens' hidden states and their
+    gradient; `label_tokens` defaults to every position. Otherwise: all positions' logits in
+    the compute dtype, their fp32 upcast and the fp32 log-softmax gradient."""
+    if not label_only:
+        return tokens * s.vocab * (dtype_bytes + 4 + 4)
+    n = tokens if label_tokens is None else min(label_tokens, tokens)
+    return min(n, loss_chunk_rows(s.vocab)) * s.vocab * 8 + 2 * n * s.hidden * dtype_bytes
+
+
+def estimate(s: Shape, cfg: TrainConfig, dtype_bytes: int, quantized: bool,
+             label_tokens: int | None = None) -> Estimate:
+    """Peak memory of one process for LoRA (`quantized=False`) or QLoRA, in bytes. QLoRA
+    trains with gradient checkpointing whatever the recipe says (as `train` does), and in
+    bf16/fp16 its non-quantized parameters and so the residual stream are fp32 (PEFT's
+    k-bit preparation). `label_tokens`: label positions per step (default: all)."""
     tokens = cfg.batch_size * cfg.cutoff_len
+    ckpt, resid = cfg.gradient_checkpointing, dtype_bytes
     if quantized:  # + one dequantized weight in flight during each matmul
-        weights = (s.quantizable * NF4_BYTES + (s.total - s.quantizable) * dtype_bytes
+        upcast = max(dtype_bytes, 4)
+        weights = (s.quantizable * NF4_BYTES + (s.total - s.quantizable) * upcast
                    + s.largest_linear * dtype_bytes)
-        method = "QLoRA (4-bit NF4)"
+        method, ckpt, resid = "QLoRA (4-bit NF4)", True, upcast
     else:
         weights, method = s.total * dtype_bytes, f"LoRA ({_DTYPE_NAMES[dtype_bytes]})"
     return Estimate(method, weights, s.trainable * ADAPTER_BYTES,
-                    activation_bytes(s, tokens, cfg, dtype_bytes), logits_bytes(s, tokens, dtype_bytes))
+                    activation_bytes(s, tokens, cfg, dtype_bytes, ckpt, resid),
+                    logits_bytes(s, tokens, dtype_bytes, cfg.label_only_loss, label_tokens))
 
 
 _DTYPE_NAMES = {2: "bf16", 4: "fp32"}
@@ -218,8 +286,9 @@ def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> s
                         ("estimated peak", "total")):
         lines.append(f"  {label:<28}" + "".join(f"{getattr(e, attr) / GiB:>20.2f}" for e in ests))
     lines += fit_lines(ests, gpus)
-    lines.append("  QLoRA needs quantization=4bit and bitsandbytes; gradient_checkpointing=true "
-                 "cuts activations to about one layer's worth")
+    lines.append("  QLoRA needs quantization=4bit and bitsandbytes and trains with gradient checkpointing "
+                 "(planned so); for LoRA, gradient_checkpointing=true cuts activations to each layer's "
+                 "input plus one layer's worth")
     return "\n".join(lines)
 
 
