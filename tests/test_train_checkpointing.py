@@ -9,7 +9,7 @@ import torch
 
 from zhlora.errors import ConfigError
 from zhlora.families import family_for_config, read_config
-from zhlora.train.checkpointing import checkpointed_layers, enable_checkpointing
+from zhlora.train.checkpointing import checkpointed_layers, enable_checkpointing, layer_flags, peak_layers
 from zhlora.train.config import LoraSettings, load_config
 from zhlora.train.loss import capture_head_input, label_only_loss, output_head
 
@@ -79,10 +79,13 @@ def test_no_input_gradient_hook_and_checkpoint_every(bases):
     ids = torch.tensor([[1, 2, 3]])
     assert not model.get_input_embeddings()(ids).requires_grad   # nothing trains the first layer's input
     assert checkpointed_layers(model) == [True, True, True, False]
+    assert layer_flags(4) == checkpointed_layers(model)
     enable_checkpointing(model, every=2)
-    assert checkpointed_layers(model) == [True, False, True, False]
+    assert checkpointed_layers(model) == [True, False, True, False] == layer_flags(4, every=2)
+    enable_checkpointing(model, every=3)
+    assert checkpointed_layers(model) == [True, False, False, False] == layer_flags(4, every=3)
     enable_checkpointing(model, final=True)
-    assert checkpointed_layers(model) == [True, True, True, True]
+    assert checkpointed_layers(model) == [True, True, True, True] == layer_flags(4, final=True)
     assert model.config.use_cache is False
 
 
@@ -113,3 +116,11 @@ def test_checkpoint_every_two_is_exact_and_recomputes_half(bases):
 def test_checkpoint_every_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint_every"):
         load_config(None, [f"model={tmp_path}", f"data={tmp_path / 'x.jsonl'}", "checkpoint_every=0"])
+
+
+def test_peak_layers_counts_the_full_layers_alive_at_once():
+    assert peak_layers([False] * 4) == 4                  # no checkpointing: all layers
+    assert peak_layers([True] * 4) == 1                   # one recomputed at a time
+    assert peak_layers([True, True, True, False]) == 1    # the final layer is freed before the next recompute
+    assert peak_layers([True, False, True, False]) == 2   # forward end: layers 1 and 3
+    assert peak_layers([True, False, False, True]) == 3   # recomputing layer 3 with 1 and 2 kept

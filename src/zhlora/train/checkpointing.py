@@ -48,6 +48,23 @@ def enable_checkpointing(model, every: int = 1, final: bool = False) -> None:
     model.config.use_cache = False
 
 
+def layer_flags(layers: int, every: int = 1, final: bool = False) -> list[bool]:
+    """Which of `layers` decoder layers enable_checkpointing checkpoints (transformers'
+    every_n_layers takes layers 0, every, 2*every, ...; the final one only if `final`)."""
+    flags = [i % every == 0 for i in range(layers)]
+    if flags and not final:
+        flags[-1] = False
+    return flags
+
+
+def peak_layers(flags: list[bool]) -> int:
+    """How many layers' full activations are alive at once at most: at the end of the
+    forward the layers not checkpointed; while layer i is recomputed in backward, it and the
+    layers below it that are not checkpointed (those above are done and freed)."""
+    kept_below = [sum(not f for f in flags[:i]) for i in range(len(flags))]
+    return max([sum(not f for f in flags), *(kept_below[i] + 1 for i, f in enumerate(flags) if f)])
+
+
 def checkpointed_layers(model) -> list[bool]:
     """Per decoder layer of `model` (PEFT-wrapped or not): is it checkpointed?"""
     from transformers.modeling_layers import GradientCheckpointingLayer

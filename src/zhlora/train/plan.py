@@ -18,8 +18,10 @@ dtype) and QLoRA (4-bit NF4 weights), in bytes:
                    full; padding-free and padded batches hold at most that many), plus the
                    final norm and the gradient flowing between layers. Without gradient
                    checkpointing every layer's activations are kept; with it (always on for
-                   QLoRA, as training turns it on) each layer's input, and one layer's
-                   activations while it is recomputed
+                   QLoRA, as training turns it on) each checkpointed layer's input, and one
+                   layer's activations while it is recomputed (the final layer is not
+                   checkpointed under the label-only loss; `checkpoint_every` N keeps the
+                   others' activations whole: train/checkpointing.py)
     logits         with `label_only_loss` (the default) the head and the cross-entropy run only
                    at label positions, in chunks of about `loss.CHUNK_ELEMENTS` logits: one
                    chunk's fp32 logits and their gradient/temporary (8 bytes a logit), plus the
@@ -189,13 +191,20 @@ def layer_activation_bytes(s: Shape, lora_dropout: float, dtype_bytes: int) -> f
 def activation_bytes(s: Shape, tokens: int, cfg: TrainConfig, dtype_bytes: int,
                      checkpointing: bool | None = None, residual_bytes: int | None = None) -> float:
     """Activations of the whole decoder for `tokens` tokens per step (logits apart):
-    without checkpointing all layers' activations; with it each layer's input (in
-    `residual_bytes`, the residual stream's dtype) and one layer recomputed; both plus the
-    final norm's input and output and the gradient between layers (2h each)."""
+    without checkpointing all layers' activations; with it each checkpointed layer's input (in
+    `residual_bytes`, the residual stream's dtype) and the most full layers alive at once
+    (`checkpointing.peak_layers`: one recomputed layer, the final layer kept under the
+    label-only loss, the others with checkpoint_every > 1); both plus the final norm's input
+    and output and the gradient between layers (2h each)."""
+    from zhlora.train.checkpointing import layer_flags, peak_layers
+
     ckpt = cfg.gradient_checkpointing if checkpointing is None else checkpointing
     per_layer = layer_activation_bytes(s, cfg.lora_dropout, dtype_bytes)
     resid = residual_bytes or dtype_bytes
-    kept = s.layers * s.hidden * resid + per_layer if ckpt else s.layers * per_layer
+    # the layers train/checkpointing.py checkpoints (every checkpoint_every-th, the final
+    # one only with full logits); none without checkpointing
+    flags = layer_flags(s.layers, cfg.checkpoint_every, final=not cfg.label_only_loss) if ckpt else [False] * s.layers
+    kept = sum(flags) * s.hidden * resid + peak_layers(flags) * per_layer
     return tokens * (kept + 4 * s.hidden * resid)  # final norm in and out, gradient in flight
 
 
