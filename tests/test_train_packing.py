@@ -154,7 +154,10 @@ def test_training_with_segments_equals_training_with_the_mask(tiny_llama, tmp_pa
         res = train(load_config(None, [f"model={tiny_llama}", f"data={data}", f"output_dir={tmp_path / pa}",
                                        "max_steps=3", "save_steps=0", "report_to=none", "packing=true",
                                        f"packed_attention={pa}", f"gradient_checkpointing={gc}", "batch_size=2",
-                                       "cutoff_len=256", "eval_ratio=0.2", "learning_rate=1e-2"]))
+                                       "cutoff_len=256", "eval_ratio=0.2", "learning_rate=1e-2",
+                                       # no dropout: segments run as one flattened row (padding_free),
+                                       # the mask on padded rows, so the same draws would hit other units
+                                       "lora_dropout=0"]))
         out[pa] = (res.metrics["train_loss"], res.metrics["eval_loss"])
         used[pa] = calls["n"] - before
     assert used["segments"] > 0 and used["mask"] == 0, used
@@ -210,8 +213,43 @@ def test_segment_starts_are_never_predicted_across_samples():
     assert flat["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
 
 
-def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path):
-    """Same steps, same train and eval loss (gradient checkpointing on, an eval split)."""
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_packed_rows_as_one_row_equal_the_packed_batch(tmp_path, family):
+    """padding_free with packing: the packed rows back to back as one row (no filler) give the
+    packed batch's loss and gradients."""
+    from zhlora.models.tiny import make_tiny_model
+    from zhlora.train.packed_attention import segment_attention
+
+    from conftest import ZH_TEXTS
+
+    path = make_tiny_model(tmp_path / family, family, texts=ZH_TEXTS, hidden=64, layers=2)
+    tok, model = load_tokenizer(path), load_model(path, dtype="float32")
+    convs = [Conversation.from_pairs([("你好" * k, "世界" * (3 * k))]) for k in (1, 4, 2, 7, 3, 5)]
+    enc, _ = encode_all(convs, get_template("alpaca"), tok, cutoff_len=256)
+    rows = pack_rows(enc, 2 * max(len(e) for e in enc))
+    feats = [{"input_ids": r.input_ids, "labels": r.labels, "lengths": r.lengths} for r in rows]
+    assert len(feats) > 1 and any(len(f["lengths"]) > 1 for f in feats)
+    packed = Collator(tok.pad_token_id, packed=True, block_mask=False)(feats)
+    flat = Collator(tok.pad_token_id, packed=True, block_mask=False, flatten=True)(feats)
+    assert packed["input_ids"].numel() > flat["input_ids"].numel() == sum(len(e) for e in enc)
+
+    def loss_and_grad(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    with segment_attention(model):
+        ref_loss, ref_grad = loss_and_grad(packed)
+        flat_loss, flat_grad = loss_and_grad(flat)
+    assert abs(flat_loss - ref_loss) < 1e-5
+    assert (flat_grad - ref_grad).abs().max() <= 1e-5 * max(1.0, ref_grad.abs().max().item())
+
+
+@pytest.mark.parametrize("packing", ["false", "true"])
+def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path, packing):
+    """Same steps, same train and eval loss (gradient checkpointing on, an eval split), with
+    and without packing."""
     import json
 
     from zhlora.train.config import load_config
@@ -224,9 +262,21 @@ def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path):
                                        "max_steps=3", "save_steps=0", "report_to=none", "batch_size=4",
                                        "logging_steps=1", "cutoff_len=128", "eval_ratio=0.2", "lora_dropout=0",
                                        "gradient_checkpointing=true", "learning_rate=1e-2",
-                                       f"padding_free={flag}"]))
+                                       f"padding_free={flag}", f"packing={packing}"]))
         log = [json.loads(x) for x in (res.output / "train_log.jsonl").read_text().splitlines()]
         runs[flag] = ([h["loss"] for h in log if "loss" in h], res.metrics["eval_loss"])
     assert len(runs["true"][0]) == 3
     assert runs["true"][0] == pytest.approx(runs["false"][0], abs=1e-5)
     assert runs["true"][1] == pytest.approx(runs["false"][1], abs=1e-5)
+
+
+def test_padding_free_flattens_packed_and_unpacked_batches(tiny_llama, tmp_path):
+    from zhlora.train.config import load_config
+    from zhlora.train.sft import padding_free
+
+    model = load_model(tiny_llama, dtype="float32")
+    base = [f"model={tiny_llama}", f"data={tmp_path / 'x.jsonl'}"]
+    for packing in ("true", "false"):
+        assert padding_free(load_config(None, [*base, f"packing={packing}"]), model)
+        assert not padding_free(load_config(None, [*base, f"packing={packing}", "padding_free=false"]), model)
+    assert not padding_free(load_config(None, [*base, "packing=true", "packed_attention=mask"]), model)

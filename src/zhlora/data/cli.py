@@ -125,7 +125,8 @@ def _print_tokens(convs, args, tokenizer, template) -> None:
     pad = stats.padded_positions(ts.lengths, args.cutoff_len, args.batch_size)
     print(f"padded positions per epoch at batch size {args.batch_size}: padding to the longest "
           f"{pad['padded']} ({100.0 * pad['padded'] / pad['real']:.0f}% of the {pad['real']} real tokens), "
-          f"packing {pad['packed']}, padding_free 0 (LLaMA/Qwen2/GLM-4)")
+          f"packed rows padded {pad['packed']} (padding_free=false), "
+          "padding_free 0 (LLaMA/Qwen2/GLM-4, packed or not)")
     print(f"the template adds {stats.overhead_line(stats.prompt_overhead(convs, tokenizer, template))}")
     enc = template.encode(convs[0], tokenizer, train_on=args.train_on)
     print(f"example ({convs[0].origin}; special tokens shown, trained tokens in [[...]]):")

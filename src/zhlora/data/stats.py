@@ -118,7 +118,7 @@ def padded_positions(lengths: list[int], cutoff_len: int, batch_size: int, seed:
     """Positions one epoch computes beyond the real tokens, per batching: `padded` (random
     batches of `batch_size` padded to their longest, packing=false, padding_free=false) and
     `packed` (rows of <= cutoff_len tokens, first-fit decreasing, batches padded to the longest
-    row). padding_free=true batches compute none. -> {"real", "padded", "packed"}."""
+    row). padding_free=true batches (packed or not) compute none. -> {"real", "padded", "packed"}."""
     import random
 
     from zhlora.templates import Encoded

@@ -265,8 +265,10 @@ def uses_segments(cfg: TrainConfig, model) -> bool:
 
 
 def padding_free(cfg: TrainConfig, model) -> bool:
-    """Unpacked batches run as one row of their samples back to back, attention per sample."""
-    return not cfg.packing and uses_segments(cfg, model)
+    """A batch (its samples, or its packed rows) runs as ONE unpadded row, attention per
+    sample: no padding or packing filler is computed, and on CPU one (1, T) row ran faster than
+    (B, T/B) rows of the same tokens (BENCHMARKS.md, "Packed rows as one row")."""
+    return cfg.padding_free and uses_segments(cfg, model)
 
 
 def packed_attention(cfg: TrainConfig, model):
@@ -274,8 +276,11 @@ def packed_attention(cfg: TrainConfig, model):
         if cfg.packing:
             say("packed rows: 4D block-diagonal attention mask")
         return contextlib.nullcontext()
-    say("packed rows: attention per sample (packed_attention=segments)" if cfg.packing else
-        "batches: padding-free, the samples of a batch back to back with attention per sample (padding_free=true)")
+    if padding_free(cfg, model):
+        say(f"batches: padding-free, the {'packed rows' if cfg.packing else 'samples'} of a batch back to back as "
+            "one row with attention per sample (padding_free=true)")
+    else:
+        say("packed rows: attention per sample (packed_attention=segments)")
     return segment_attention(model)
 
 
