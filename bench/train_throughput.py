@@ -8,9 +8,11 @@ A ~30M-parameter LLaMA (random weights, hidden 512, 8 layers), a BELLE-like leng
 through `zhlora.train.sft.train` (the transformers Trainer). Strategies: padding to the
 longest sample of each random batch (what ChatGLM-Tuning does), length-grouped batches,
 packing kept apart by a 4D block mask (`packing_mask`), packing with attention per sample
-(`packing`, zhlora's default `packed_attention=segments`); `padding_free` (random batches, no
-padding computed, zhlora's default without packing) and `packing_full_logits` (packing with
-`label_only_loss=false`: logits at every position). `padded` is the old default in full:
+(`packing_rows`, `packed_attention=segments` on (B, T) rows); `padding_free` (random batches,
+no padding computed, zhlora's default without packing), `packing` (zhlora's default with
+packing: the packed rows of a batch as one unpadded row, `padding_free=true`) and
+`packing_full_logits` (packed rows with `label_only_loss=false`: logits at every position, the
+packing before #18). `padded` is the old default in full:
 padding and full logits. Runs are interleaved, `--repeats` times; medians are reported.
 "Matmul fraction" = 4 x non-embedding params (+ lm_head) x real tokens / time, over the
 machine's measured fp32 matmul rate (LoRA: forward 2 + activation-gradient 2 FLOPs per
@@ -31,7 +33,7 @@ import torch
 CHARS = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说"
          "产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业"
          "本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比")
-MODES = ("padded", "grouped", "padding_free", "packing_mask", "packing_full_logits", "packing")
+MODES = ("padded", "grouped", "padding_free", "packing_mask", "packing_full_logits", "packing_rows", "packing")
 
 
 def length_mix(n: int, seed: int = 0) -> list[int]:
@@ -80,7 +82,7 @@ def run_once(model: Path, data: Path, out: Path, mode: str, batch: int, cutoff: 
             f"packing={str(packing).lower()}", f"group_by_length={str(mode == 'grouped').lower()}",
             f"packed_attention={'mask' if mode == 'packing_mask' else 'segments'}",
             f"batch_size={rows}", f"lora_dropout={dropout}", f"label_only_loss={str(not full_logits).lower()}",
-            f"padding_free={str(mode == 'padding_free').lower()}"]
+            f"padding_free={str(mode in ('padding_free', 'packing')).lower()}"]
     res = train(load_config(None, over))
     meta = json.loads((res.output / "zhlora_adapter.json").read_text())
     secs = res.metrics["train_runtime"]
