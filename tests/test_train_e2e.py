@@ -170,3 +170,11 @@ def test_a_plain_run_prints_no_noise_a_user_cannot_act_on(tiny_llama, data64, tm
     for noise in ("Setting accelerator to CPU", "is_gradient_checkpointing", "gradient_checkpointing_enable",
                   f"reading {data64.name}"):
         assert noise not in text, noise
+    # merge + verify load the adapter through PEFT, which reads the deprecated checkpointing name
+    merged = tmp_path / "merged"
+    for cmd in (["merge", "--base", str(tiny_llama), "--adapter", str(tmp_path / "o"), "--output", str(merged)],
+                ["verify", "--base", str(tiny_llama), "--adapter", str(tmp_path / "o"), "--merged", str(merged)]):
+        run = subprocess.run([sys.executable, "-m", "zhlora", *cmd], capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "FutureWarning" not in run.stdout + run.stderr, cmd

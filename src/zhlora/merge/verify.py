@@ -9,6 +9,7 @@ read the same fixed Chinese prompts, tokenized by the merged model's tokenizer.
 from __future__ import annotations
 
 import gc
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def reference_logits(base_dir, adapter_dirs, batches, allow_bin: bool = False,
         rows = _adapter_vocab_rows(folder, allow_bin)
         if rows and rows != model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(rows, mean_resizing=False)  # rows come from the adapter
-        model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing")
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
         if i < len(adapter_dirs) - 1:
             model = model.merge_and_unload()
     out = _logits(model, batches)
