@@ -113,9 +113,13 @@ def test_checkpoint_every_two_is_exact_and_recomputes_half(bases):
         assert (g - ref_grads[k]).abs().max().item() <= 1e-5 * max(1.0, ref_grads[k].abs().max().item()), k
 
 
-def test_checkpoint_every_must_be_positive(tmp_path):
+def test_checkpoint_every_must_be_positive_and_with_checkpointing(tmp_path):
+    base = [f"model={tmp_path}", f"data={tmp_path / 'x.jsonl'}"]
     with pytest.raises(ConfigError, match="checkpoint_every"):
-        load_config(None, [f"model={tmp_path}", f"data={tmp_path / 'x.jsonl'}", "checkpoint_every=0"])
+        load_config(None, [*base, "checkpoint_every=0", "gradient_checkpointing=true"])
+    with pytest.raises(ConfigError, match="only applies with gradient_checkpointing"):
+        load_config(None, [*base, "checkpoint_every=2"])
+    assert load_config(None, [*base, "checkpoint_every=2", "gradient_checkpointing=true"]).checkpoint_every == 2
 
 
 def test_peak_layers_counts_the_full_layers_alive_at_once():

@@ -104,16 +104,10 @@ def test_segment_attention_equals_mask_and_one_by_one(tmp_path, family):
     assert "attention_mask" not in plain and torch.equal(plain["position_ids"], masked["position_ids"])
     before = model.config._attn_implementation
 
-    def loss_and_grad(batch):
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
-
-    ref_loss, ref_grad = loss_and_grad(masked)
+    ref_loss, ref_grad = _loss_and_q_grad(model, masked)
     with segment_attention(model):
         assert model.config._attn_implementation == ATTN_NAME
-        seg_loss, seg_grad = loss_and_grad(plain)
+        seg_loss, seg_grad = _loss_and_q_grad(model, plain)
         leaky = model(input_ids=plain["input_ids"], labels=plain["labels"]).loss.item()  # no restarts
     assert model.config._attn_implementation == before
     with torch.no_grad():
@@ -192,15 +186,9 @@ def test_padding_free_batch_equals_the_padded_batch(tmp_path, family):
     assert padded["input_ids"].numel() > flat["input_ids"].numel() == sum(len(e) for e in enc)
     assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
 
-    def loss_and_grad(batch):
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
-
-    ref_loss, ref_grad = loss_and_grad(padded)
+    ref_loss, ref_grad = _loss_and_q_grad(model, padded)
     with segment_attention(model):
-        flat_loss, flat_grad = loss_and_grad(flat)
+        flat_loss, flat_grad = _loss_and_q_grad(model, flat)
     assert abs(flat_loss - ref_loss) < 1e-5
     assert (flat_grad - ref_grad).abs().max() <= 1e-5 * max(1.0, ref_grad.abs().max().item())
 
@@ -233,21 +221,15 @@ def test_packed_rows_as_one_row_equal_the_packed_batch(tmp_path, family):
     flat = Collator(tok.pad_token_id, packed=True, block_mask=False, flatten=True)(feats)
     assert packed["input_ids"].numel() > flat["input_ids"].numel() == sum(len(e) for e in enc)
 
-    def loss_and_grad(batch):
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
-
     with segment_attention(model):
-        ref_loss, ref_grad = loss_and_grad(packed)
-        flat_loss, flat_grad = loss_and_grad(flat)
+        ref_loss, ref_grad = _loss_and_q_grad(model, packed)
+        flat_loss, flat_grad = _loss_and_q_grad(model, flat)
     assert abs(flat_loss - ref_loss) < 1e-5
     assert (flat_grad - ref_grad).abs().max() <= 1e-5 * max(1.0, ref_grad.abs().max().item())
 
 
 @pytest.mark.parametrize("packing", ["false", "true"])
-def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path, packing):
+def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path, packing, capsys):
     """Same steps, same train and eval loss (gradient checkpointing on, an eval split), with
     and without packing."""
     import json
@@ -265,6 +247,8 @@ def test_training_padding_free_equals_padded_training(tiny_llama, tmp_path, pack
                                        f"padding_free={flag}", f"packing={packing}"]))
         log = [json.loads(x) for x in (res.output / "train_log.jsonl").read_text().splitlines()]
         runs[flag] = ([h["loss"] for h in log if "loss" in h], res.metrics["eval_loss"])
+        flattened = "back to back as one row" in capsys.readouterr().out
+        assert flattened == (flag == "true"), flag     # the two runs really batch differently
     assert len(runs["true"][0]) == 3
     assert runs["true"][0] == pytest.approx(runs["false"][0], abs=1e-5)
     assert runs["true"][1] == pytest.approx(runs["false"][1], abs=1e-5)
@@ -280,3 +264,11 @@ def test_padding_free_flattens_packed_and_unpacked_batches(tiny_llama, tmp_path)
         assert padding_free(load_config(None, [*base, f"packing={packing}"]), model)
         assert not padding_free(load_config(None, [*base, f"packing={packing}", "padding_free=false"]), model)
     assert not padding_free(load_config(None, [*base, "packing=true", "packed_attention=mask"]), model)
+
+
+def _loss_and_q_grad(model, batch) -> tuple[float, torch.Tensor]:
+    """The model's own loss on `batch` and the gradient of the first q_proj weight."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()

@@ -39,8 +39,11 @@ def enable_checkpointing(model, every: int = 1, final: bool = False) -> None:
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(CHECKPOINT_KWARGS),
                                                   every_n_layers=every)
-        else:
+        elif every == 1:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(CHECKPOINT_KWARGS))
+        else:
+            raise ZhloraError(f"checkpoint_every={every} needs transformers' activation_checkpointing_enable "
+                              "(every_n_layers), which this transformers lacks: upgrade transformers or use 1")
     model.disable_input_require_grads()
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if layers and not final:  # the model's final layer: between its forward and its recompute only the head runs

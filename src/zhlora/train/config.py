@@ -135,6 +135,10 @@ class TrainConfig:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_ratio <= 1:
             problems.append(f"`warmup_ratio` is the share of the steps that warm up, in [0, 1]; got {self.warmup_ratio}")
+        if self.checkpoint_every != 1 and not self.gradient_checkpointing \
+                and str(self.quantization or "none").lower() == "none":
+            problems.append(f"`checkpoint_every` ({self.checkpoint_every}) only applies with "
+                            "gradient_checkpointing=true (or quantization, which turns it on); set both or drop it")
         if not 0 <= self.eval_ratio < 1:
             problems.append(f"`eval_ratio` must be in [0, 1), got {self.eval_ratio}")
         if self.packed_attention not in ("segments", "mask"):
