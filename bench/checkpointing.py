@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 VARIANTS = ("none", "transformers", "zhlora", "every2")
 
 
-def batch(vocab: int, seed: int = 0) -> dict:
+def batch(vocab: int, seed: int = 0, flatten: bool = False) -> dict:
     from zhlora.train.dataset import Collator
 
     rng = random.Random(seed)
@@ -50,7 +50,7 @@ def batch(vocab: int, seed: int = 0) -> dict:
             labels += [-100] * p + [rng.randrange(3, vocab) for _ in range(n - p)]
             lens.append(n)
         feats.append({"input_ids": ids, "labels": labels, "lengths": lens})
-    return Collator(0, packed=True, block_mask=False)(feats)
+    return Collator(0, packed=True, block_mask=False, flatten=flatten)(feats)
 
 
 def build(path: Path, variant: str):

@@ -62,6 +62,8 @@ class TrainConfig:
     packed_attention: str = "segments"    # segments: attention per sample; mask: 4D block-diagonal mask
     group_by_length: bool = False         # length-grouped batches (when not packing)
     padding_free: bool = True             # unpacked batches: samples back to back, no padding computed
+    pass_tokens: int | None = None        # padding-free: a batch of T > N tokens runs as ceil(T/N) forward/backward
+                                          # passes cut at sample starts; unset: 1024 on CPU, none on GPU; 0: none
     # optimisation
     batch_size: int = 4                   # per device
     grad_accum: int = 1
@@ -133,6 +135,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "cutoff_len", "lora_r", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.pass_tokens is not None and self.pass_tokens < 0:
+            problems.append(f"`pass_tokens` must be >= 0 (0: no limit; unset: the device's default), "
+                            f"got {self.pass_tokens}")
         if not 0 <= self.warmup_ratio <= 1:
             problems.append(f"`warmup_ratio` is the share of the steps that warm up, in [0, 1]; got {self.warmup_ratio}")
         if self.checkpoint_every != 1 and not self.gradient_checkpointing \

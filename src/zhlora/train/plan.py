@@ -45,6 +45,7 @@ import torch
 from zhlora.errors import ZhloraError
 from zhlora.families import family_for_config, read_config
 from zhlora.train.config import TrainConfig
+from zhlora.train.packed_attention import supports_segments
 
 GiB = 1024 ** 3
 # NF4 packs two weights a byte; each block of 64 weights has an absmax constant, itself
@@ -227,13 +228,24 @@ def logits_bytes(s: Shape, tokens: int, dtype_bytes: int, label_only: bool = Tru
     return min(n, loss_chunk_rows(s.vocab)) * s.vocab * 8 + 2 * n * s.hidden * dtype_bytes
 
 
+def pass_tokens(cfg: TrainConfig, padding_free: bool) -> int:
+    """Tokens of one forward/backward: batch x cutoff_len, or with padding-free batches and
+    `pass_tokens` N set, at most N plus one sample (passes are cut at sample starts). Unset,
+    a GPU run does not split (train/trainer.py)."""
+    tokens = cfg.batch_size * cfg.cutoff_len
+    if padding_free and cfg.pass_tokens:
+        return min(tokens, cfg.pass_tokens + cfg.cutoff_len)
+    return tokens
+
+
 def estimate(s: Shape, cfg: TrainConfig, dtype_bytes: int, quantized: bool,
-             label_tokens: int | None = None) -> Estimate:
+             label_tokens: int | None = None, padding_free: bool = False) -> Estimate:
     """Peak memory of one process for LoRA (`quantized=False`) or QLoRA, in bytes. QLoRA
     trains with gradient checkpointing whatever the recipe says (as `train` does), and in
     bf16/fp16 its non-quantized parameters and so the residual stream are fp32 (PEFT's
-    k-bit preparation). `label_tokens`: label positions per step (default: all)."""
-    tokens = cfg.batch_size * cfg.cutoff_len
+    k-bit preparation). `label_tokens`: label positions per step (default: all);
+    `padding_free`: the model runs padding-free batches, so `pass_tokens` applies."""
+    tokens = pass_tokens(cfg, padding_free)
     ckpt, resid = cfg.gradient_checkpointing, dtype_bytes
     if quantized:  # + one dequantized weight in flight during each matmul
         upcast = max(dtype_bytes, 4)
@@ -277,7 +289,9 @@ def build_plan(cfg: TrainConfig) -> tuple[Shape, list[Estimate]]:
     shape = read_shape(base)
     shape = with_trainable(shape, with_lora(base, family, cfg))
     b = plan_dtype_bytes(cfg)
-    return shape, [estimate(shape, cfg, b, quantized=False), estimate(shape, cfg, b, quantized=True)]
+    flat = cfg.padding_free and supports_segments(base)
+    return shape, [estimate(shape, cfg, b, quantized=False, padding_free=flat),
+                   estimate(shape, cfg, b, quantized=True, padding_free=flat)]
 
 
 def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> str:
@@ -288,7 +302,8 @@ def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> s
              f"{shape.trainable:,} ({100 * shape.trainable / shape.total:.3f}%)",
              f"  per step and process: batch_size {cfg.batch_size} x cutoff_len {cfg.cutoff_len} = "
              f"{tokens:,} tokens, packing {'on' if cfg.packing else 'off'}, gradient checkpointing "
-             f"{'on' if cfg.gradient_checkpointing else 'off'}",
+             f"{'on' if cfg.gradient_checkpointing else 'off'}"
+             + (f", padding-free passes of at most {cfg.pass_tokens:,} tokens (+ one sample)" if cfg.pass_tokens else ""),
              f"  {'GiB':<28}" + "".join(f"{e.method:>20}" for e in ests)]
     for label, attr in (("weights", "weights"), ("LoRA weights+grads+AdamW", "adapter"),
                         ("activations", "activations"), ("logits and loss", "logits"),

@@ -287,7 +287,7 @@ def packed_attention(cfg: TrainConfig, model):
 def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, trainer_class=None):
     from transformers import Trainer
 
-    from zhlora.train.trainer import LabelOnlyLossTrainer
+    from zhlora.train.trainer import LabelOnlyLossTrainer, resolve_pass_tokens
 
     # the method's own Trainer (P-Tuning's saves prefix-only checkpoints), else the label-only loss
     trainer_class = trainer_class or (LabelOnlyLossTrainer if cfg.label_only_loss else Trainer)
@@ -298,6 +298,11 @@ def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, 
                             train_dataset=ds.RowDataset(train_rows),
                             eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
                             callbacks=callbacks or [])
+    if flat and hasattr(trainer, "pass_tokens"):
+        trainer.pass_tokens = resolve_pass_tokens(cfg.pass_tokens, args.device.type == "cuda")
+        if trainer.pass_tokens:
+            say(f"passes: at most {trainer.pass_tokens} tokens per forward/backward (pass_tokens); a longer batch "
+                "runs in pieces cut at sample starts, gradients accumulated")
     # transformers reads a warmup_steps float below 1 as a ratio and from 1 up as a step count
     # (warmup_ratio=1.0 would be one step), so the ratio becomes steps here, for every value
     trainer.args.warmup_steps = warmup_steps(cfg, len(trainer.get_train_dataloader()))
