@@ -91,16 +91,18 @@ def test_training_in_pieces_equals_one_pass(tmp_path, monkeypatch, capsys, famil
                                        f"gradient_checkpointing={checkpointing}", "learning_rate=1e-2",
                                        f"pass_tokens={limit}"]))
         log = [json.loads(x) for x in (res.output / "train_log.jsonl").read_text().splitlines()]
-        runs[limit] = ([h["loss"] for h in log if "loss" in h], load_file(res.output / "adapter_model.safetensors"))
+        runs[limit] = ([h["loss"] for h in log if "loss" in h], load_file(res.output / "adapter_model.safetensors"),
+                       [h["grad_norm"] for h in log if "grad_norm" in h])
         said = capsys.readouterr().out
         assert ("passes: at most 64 tokens" in said) == (limit == 64)
         assert (max(split, default=1) > 1) == (limit == 64), split          # the second run really ran in pieces
     assert len(runs[64][0]) == 3
     assert runs[64][0] == pytest.approx(runs[0][0], abs=1e-5)
+    assert runs[64][2] == pytest.approx(runs[0][2], rel=1e-5)          # the accumulated gradients
     one, pieces = runs[0][1], runs[64][1]
     assert one.keys() == pieces.keys()
-    for name in one:
-        assert torch.allclose(one[name], pieces[name], atol=1e-5, rtol=1e-4), name
+    for name in one:   # AdamW moves near-zero gradients' weights by ~lr: last-bit differences show
+        assert torch.allclose(one[name], pieces[name], atol=1e-4), name
 
 
 def test_the_plan_counts_one_pass(tmp_path):
