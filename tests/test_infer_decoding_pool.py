@@ -133,3 +133,18 @@ def test_infer_no_slots_left_after_requests_finish_or_cancel(engine):
     eng.complete([eng.encode(convs()[1], None, 4)], None, GenerationOptions(max_new_tokens=4))
     with eng.lock:
         assert eng.scheduler.running == 0 and eng.scheduler.backend().pool.slots_in_use() == 0
+
+
+def test_infer_no_slots_left_after_failed_prefill(engine):
+    """A prompt that breaks the shared prefill pass (a token id outside the vocabulary): the
+    slots the failed pass took are given back, the retried prompts' too once they finish."""
+    eng, opts = engine, GenerationOptions(max_new_tokens=3, ignore_eos=True)
+    good = eng.encode(convs()[1], "gec", 3)
+    bad = good[:-1] + [eng.model.get_input_embeddings().num_embeddings + 5]
+    with eng.lock:
+        seqs = [eng.submit(p, "gec", opts) for p in (good, bad, good)]
+    with pytest.raises(IndexError):
+        seqs[1].future.result(timeout=300)
+    [s.future.result(timeout=300) for s in (seqs[0], seqs[2])]
+    with eng.lock:
+        assert eng.scheduler.running == 0 and eng.scheduler.backend().pool.slots_in_use() == 0
