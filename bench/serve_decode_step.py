@@ -74,9 +74,11 @@ def main() -> None:
         return
     trees = {"this": ROOT / "src", **({"baseline": args.baseline_src} if args.baseline_src else {})}
     got: dict[str, list[float]] = {k: [] for k in trees}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, src in trees.items():
-            got[name] += run_tree(src, args.steps)
+            xs = run_tree(src, args.steps)
+            got[name] += xs
+            print(f"round {r} {name}: median {statistics.median(xs):.1f} ms, load {os.getloadavg()[0]:.1f}", flush=True)
     stats = {}
     for name, xs in got.items():
         xs = sorted(xs)
