@@ -4,9 +4,18 @@ The scheduler runs many sequences (any adapter, any length) through one forward 
 token. Greedy output must equal each request's solo output token for token, so every row's
 arithmetic must be the same whatever shares its batch:
 
-- Attention runs per sequence on its own KV cache (`SeqCache`: no padding, no mask), through
-  an attention function registered with transformers (`zhlora_rows`; it falls back to sdpa
-  when no scheduler step is running, so other callers of the model see plain sdpa).
+- Attention runs on each sequence's own KV cache, through an attention function registered
+  with transformers (`zhlora_rows`; it falls back to sdpa when no scheduler step is running,
+  so other callers of the model see plain sdpa). The caches live in capacity buckets
+  (kvpool.py): a sequence's capacity is a function of its own length only, and each bucket
+  keeps the caches of its sequences in one tensor per layer. A prompt (a span of n > 1
+  tokens on an empty cache) attends alone, causal, over its own n tokens. The decoding rows
+  (one token each) of a bucket attend together: one write appends their keys and values, one
+  masked attention call (`masked_attention`) runs over the bucket's slots, each row masked to
+  its own length within its own capacity. A row's numbers depend on its own cache and
+  capacity only, not on how many slots share the call: checked row by row (torch.equal,
+  fp32 CPU, 1 and 2 threads) against the same row alone. CPU SDPA (flash kernel) does not
+  hold this with more than one thread, so the decoding call is batched matmuls + softmax.
 - Every forward pass, prefill or decode, runs the new tokens of all its sequences as one
   flat column: input (N, 1) with N the tokens of the step, so that linear layers see one
   (N, hidden) GEMM and PEFT's per-sample routing (`adapter_names`) is per token. Each
@@ -31,56 +40,111 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from zhlora.infer.kvpool import KVPool, SeqCache  # noqa: F401  (SeqCache: the scheduler's import)
+
 ROW_QUANTUM = 4
 ATTN_NAME = "zhlora_rows"
 BASE_ROW = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
-_active = threading.local()  # .spans: list of (first row, tokens, SeqCache) while a step runs
+_active = threading.local()  # .step: the running _Step (None: no step, plain sdpa)
 
 
-class SeqCache:
-    """One sequence's keys and values, per layer a (1, Hkv, capacity, D) buffer."""
+class _Layout:
+    """Where a step's rows go, worked out once (at its first layer) for all layers: prompts
+    [(rows, bucket, slot, position, n)] and the decoding rows by bucket (`_Group`)."""
 
-    def __init__(self):
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
-        self.filled: dict[int, int] = {}
+    def __init__(self, spans: list, pool: KVPool, device):
+        at = [cache.reserve(pool, n) for _, n, cache in spans]   # slots and positions first
+        with pool.lock:
+            for bucket in {cache.bucket for _, _, cache in spans}:
+                bucket.compact()
+        self.prompts, groups = [], {}
+        for (start, n, cache), pos in zip(spans, at):
+            if n == 1:
+                groups.setdefault(cache.bucket, []).append((cache.slot, start, pos))
+            else:
+                self.prompts.append((slice(start, start + n), cache.bucket, cache.slot, pos, n))
+        self.groups = [_Group(b, sorted(rows), device) for b, rows in groups.items()]
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `k`, `v` (1, Hkv, q, D) after the layer's cached ones -> all of them."""
-        n, q = self.filled.get(layer, 0), k.shape[2]
-        buf = self.k.get(layer)
-        if buf is None or n + q > buf.shape[2]:
-            cap = max(2 * (n + q), 16)
-            for store, new in ((self.k, k), (self.v, v)):
-                grown = new.new_empty(1, new.shape[1], cap, new.shape[3])
-                if n:
-                    grown[:, :, :n] = store[layer][:, :, :n]
-                store[layer] = grown
-        self.k[layer][:, :, n:n + q] = k
-        self.v[layer][:, :, n:n + q] = v
-        self.filled[layer] = n + q
-        return self.k[layer][:, :, :n + q], self.v[layer][:, :, :n + q]
+
+class _Group:
+    """The decoding rows of one bucket, by slot: their slots, rows of the column and positions,
+    and the mask (used, 1, 1, cap) of the positions NOT to attend to (a slot outside the step
+    keeps position 0, so its row is finite; it is thrown away). `dense`: the rows fill slots
+    [0, used) in order (the usual case: no scatter into a zero query tensor needed)."""
+
+    def __init__(self, bucket, rows: list, device):
+        self.bucket, self.used = bucket, bucket.used
+        self.dense = [r[0] for r in rows] == list(range(self.used))
+        slot, row, pos = (torch.tensor(x, device=device) for x in zip(*rows))
+        self.slots, self.rows, self.pos = slot, row, pos
+        lengths = torch.ones(self.used, dtype=torch.long, device=device)
+        lengths[slot] = pos + 1
+        self.masked = (torch.arange(bucket.cap, device=device) >= lengths[:, None])[:, None, None]
+
+
+class _Step:
+    """A running step: its spans [(first row, tokens, SeqCache)] and, once known, its layout."""
+
+    def __init__(self, spans: list, pool: KVPool):
+        self.spans, self.pool, self._layout = spans, pool, None
+
+    def layout(self, device) -> _Layout:
+        if self._layout is None:
+            self._layout = _Layout(self.spans, self.pool, device)
+        return self._layout
 
 
 def row_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """Attention per sequence on its own cache. query (N, H, 1, D), key/value (N, Hkv, 1, D):
     the step's N new tokens as one column, each sequence a span of rows -> (N, 1, H, D) like
-    transformers' sdpa function. A span of n > 1 tokens is a prompt on an empty cache (causal)."""
-    spans = getattr(_active, "spans", None)
-    if spans is None:
+    transformers' sdpa function. A span of n > 1 tokens is a prompt on an empty cache (causal);
+    the one-token spans of a bucket attend together."""
+    step = getattr(_active, "step", None)
+    if step is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    layout = step.layout(query.device)
     out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
-    gqa = query.shape[1] != key.shape[1]
-    for start, n, cache in spans:
-        rows = slice(start, start + n)
-        k, v = cache.append(module.layer_idx, _span(key, rows), _span(value, rows))
-        o = F.scaled_dot_product_attention(_span(query, rows), k, v, is_causal=n > 1,
-                                           scale=scaling, enable_gqa=gqa)   # (1, H, n, D)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    for rows, bucket, slot, pos, n in layout.prompts:
+        k, v = bucket.layer(module.layer_idx, key)
+        k[slot, :, pos:pos + n] = _span(key, rows)[0]
+        v[slot, :, pos:pos + n] = _span(value, rows)[0]
+        o = F.scaled_dot_product_attention(_span(query, rows), k[slot:slot + 1, :, :pos + n],
+                                           v[slot:slot + 1, :, :pos + n], is_causal=True, scale=scaling,
+                                           enable_gqa=query.shape[1] != key.shape[1])   # (1, H, n, D)
         out[rows, 0] = o[0].transpose(0, 1)
+    for g in layout.groups:
+        out[g.rows] = _group_attention(g, module.layer_idx, query, key, value, scale).transpose(1, 2)
     return out, None
+
+
+def _group_attention(g: _Group, layer: int, query, key, value, scale: float) -> torch.Tensor:
+    """Append the group's new keys/values at (slot, position) and attend over the bucket's
+    slots [0, used) in one call -> (rows, H, 1, D), rows in slot order."""
+    k, v = g.bucket.layer(layer, key)
+    k[g.slots, :, g.pos] = key[g.rows, :, 0]
+    v[g.slots, :, g.pos] = value[g.rows, :, 0]
+    if g.dense:
+        return masked_attention(query[g.rows], k[:g.used], v[:g.used], g.masked, scale)
+    q = query.new_zeros(g.used, *query.shape[1:])   # (used, H, 1, D); slots outside: zeros
+    q[g.slots] = query[g.rows]
+    return masked_attention(q, k[:g.used], v[:g.used], g.masked, scale)[g.slots]
+
+
+def masked_attention(q, k, v, masked, scale: float) -> torch.Tensor:
+    """Softmax attention of one query per row: q (B, H, 1, D) over k, v (B, Hkv, cap, D)
+    without the positions `masked` (B, 1, 1, cap) -> (B, H, 1, D). A row's numbers do not
+    depend on B (batched matmuls; CPU SDPA's flash kernel changes them with B when it runs on
+    more than one thread). Query heads share key heads in groups (GQA) without copying k, v."""
+    b, h, _, d = q.shape
+    hkv = k.shape[1]
+    s = torch.matmul(q.view(b, hkv, h // hkv, d), k.transpose(-1, -2))   # (B, Hkv, H/Hkv, cap)
+    s = s.mul_(scale).masked_fill_(masked, float("-inf"))
+    p = torch.softmax(s, dim=-1, dtype=torch.float32).to(v.dtype)
+    return torch.matmul(p, v).view(b, h, 1, d)
 
 
 def _span(x: torch.Tensor, rows: slice) -> torch.Tensor:
@@ -102,6 +166,7 @@ class RowsBackend:
     def __init__(self, engine):
         self.engine = engine
         self.forwards = 0   # forward passes run (the scheduler counts its prefills with it)
+        self.pool = KVPool()   # every sequence's keys and values
 
     @staticmethod
     def supports(model) -> bool:
@@ -153,12 +218,12 @@ class RowsBackend:
         # a plain head computes only the rows asked for (a LoRA-wrapped head routes per row: all)
         hook = (head.register_forward_pre_hook(lambda _m, args: (args[0][rows], *args[1:]))
                 if type(head) is torch.nn.Linear else None)
-        _active.spans = spans
+        _active.step = _Step(spans, self.pool)
         self.forwards += 1
         try:
             out = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, **kw)
         finally:
-            _active.spans = None
+            _active.step = None
             if hook is not None:
                 hook.remove()
         logits = out.logits[:, -1]                              # (len(rows) or N, V)
@@ -169,19 +234,19 @@ def _probe(model) -> int:
     """Run one tiny forward with a step of no rows active; count `row_attention` calls."""
     calls = []
 
-    class _Counting(list):  # the rows of the step: none, but reading them counts a call
-        def __iter__(self):
+    class _Counting(_Step):  # a step of no rows, but asking for its layout counts a call
+        def layout(self, device):
             calls.append(1)
-            return iter(())
+            return super().layout(device)
 
-    _active.spans = _Counting()
+    _active.step = _Counting([], KVPool())
     try:
         ids = torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device)
         model(input_ids=ids, position_ids=torch.zeros_like(ids), use_cache=False, logits_to_keep=1)
     except Exception:  # a model that cannot run this way is not supported
         return 0
     finally:
-        _active.spans = None
+        _active.step = None
     return len(calls)
 
 

@@ -157,7 +157,8 @@ class Scheduler:
         except Exception:
             out = []
             for seq in seqs:
-                seq.cache, seq.hf_cache = SeqCache(), None    # whatever the failed pass left
+                seq.cache.release()                      # whatever the failed pass left
+                seq.hf_cache = None
                 try:
                     out.append((seq, backend.prefill([seq])[0]))
                     self.prefilled += 1
@@ -215,6 +216,7 @@ class Scheduler:
         return _End(token if token in rules.stop_ids else None) if ended else None
 
     def _finish(self, seq: Sequence, cancelled: bool = False, stop_token: int | None = None) -> None:
+        seq.cache.release()    # its slot in the KV pool is free for the next one
         ids = seq.generated + ([stop_token] if stop_token is not None else [])
         done = seq.rules.finish(ids, len(seq.prompt), seq.options.max_new_tokens, cancelled)
         if self.metrics is not None:
@@ -231,6 +233,7 @@ class Scheduler:
 
     @staticmethod
     def _fail(seq: Sequence, error: BaseException) -> None:
+        seq.cache.release()
         if seq.sink is not None:
             seq.sink.fail(error)
         if not seq.future.done():
