@@ -27,7 +27,7 @@ def _flat_batch(lengths):
 def test_pieces_are_balanced_and_cut_at_sample_starts():
     batch = _flat_batch(LENGTHS)
     starts = set(torch.cumsum(torch.tensor(LENGTHS), 0).tolist()[:-1])
-    for limit, expect in ((1536, [980, 1000, 1120]), (1024, [920, 760, 300, 1120]),
+    for limit, expect in ((1536, [1680, 1420]), (1024, [980, 1000, 1120]), (512, [420, 560, 700, 300, 1000, 120]),
                           (100, LENGTHS)):   # samples longer than a share stay whole
         pieces = sample_pieces(batch, limit)
         assert [p["input_ids"].shape[1] for p in pieces] == expect, limit
@@ -42,6 +42,7 @@ def test_batches_that_are_not_split():
     batch = _flat_batch(LENGTHS)
     assert sample_pieces(batch, 0) == [batch]                     # no limit
     assert sample_pieces(batch, 5000) == [batch]                  # fits
+    assert sample_pieces(batch, 1551) == [batch]                  # T < 2 x limit: passes too short to pay
     masked = dict(batch, attention_mask=torch.ones_like(batch["input_ids"]))
     assert sample_pieces(masked, 100) == [masked]                 # a padded or masked batch
     rows = {k: v.expand(2, -1) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -94,7 +95,7 @@ def test_training_in_pieces_equals_one_pass(tmp_path, monkeypatch, capsys, famil
         runs[limit] = ([h["loss"] for h in log if "loss" in h], load_file(res.output / "adapter_model.safetensors"),
                        [h["grad_norm"] for h in log if "grad_norm" in h])
         said = capsys.readouterr().out
-        assert ("passes: at most 64 tokens" in said) == (limit == 64)
+        assert ("passes of 64 to 128 tokens" in said) == (limit == 64)
         assert (max(split, default=1) > 1) == (limit == 64), split          # the second run really ran in pieces
     assert len(runs[64][0]) == 3
     assert runs[64][0] == pytest.approx(runs[0][0], abs=1e-5)
@@ -119,8 +120,8 @@ def test_the_plan_counts_one_pass(tmp_path):
     whole = build_plan(load_config(None, base))[1][0]
     cfg = load_config(None, [*base, "pass_tokens=1024"])
     shape, ests = build_plan(cfg)
-    assert ests[0].activations == pytest.approx(whole.activations * (1024 + 512) / 4096)
+    assert ests[0].activations == pytest.approx(whole.activations * (2 * 1024 + 512) / 4096)
     assert ests[0].weights == whole.weights
-    assert "passes of at most 1,024 tokens" in format_plan(cfg, shape, ests, [])
+    assert "passes of under 2,048 tokens" in format_plan(cfg, shape, ests, [])
     padded = build_plan(load_config(None, [*base, "pass_tokens=1024", "padding_free=false"]))[1][0]
     assert padded.activations == whole.activations

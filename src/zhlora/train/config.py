@@ -62,7 +62,7 @@ class TrainConfig:
     packed_attention: str = "segments"    # segments: attention per sample; mask: 4D block-diagonal mask
     group_by_length: bool = False         # length-grouped batches (when not packing)
     padding_free: bool = True             # unpacked batches: samples back to back, no padding computed
-    pass_tokens: int | None = None        # padding-free: a batch of T > N tokens runs as ceil(T/N) forward/backward
+    pass_tokens: int | None = None        # padding-free: a batch of T >= 2N tokens runs as T//N forward/backward
                                           # passes cut at sample starts; unset: 1024 on CPU, none on GPU; 0: none
     # optimisation
     batch_size: int = 4                   # per device

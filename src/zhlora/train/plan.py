@@ -230,11 +230,11 @@ def logits_bytes(s: Shape, tokens: int, dtype_bytes: int, label_only: bool = Tru
 
 def pass_tokens(cfg: TrainConfig, padding_free: bool) -> int:
     """Tokens of one forward/backward: batch x cutoff_len, or with padding-free batches and
-    `pass_tokens` N set, at most N plus one sample (passes are cut at sample starts). Unset,
-    a GPU run does not split (train/trainer.py)."""
+    `pass_tokens` N set, under 2N plus one sample (passes are cut at sample starts). Unset, a
+    GPU run does not split (train/trainer.py)."""
     tokens = cfg.batch_size * cfg.cutoff_len
     if padding_free and cfg.pass_tokens:
-        return min(tokens, cfg.pass_tokens + cfg.cutoff_len)
+        return min(tokens, 2 * cfg.pass_tokens + cfg.cutoff_len)
     return tokens
 
 
@@ -303,7 +303,7 @@ def format_plan(cfg: TrainConfig, shape: Shape, ests: list[Estimate], gpus) -> s
              f"  per step and process: batch_size {cfg.batch_size} x cutoff_len {cfg.cutoff_len} = "
              f"{tokens:,} tokens, packing {'on' if cfg.packing else 'off'}, gradient checkpointing "
              f"{'on' if cfg.gradient_checkpointing else 'off'}"
-             + (f", padding-free passes of at most {cfg.pass_tokens:,} tokens (+ one sample)" if cfg.pass_tokens else ""),
+             + (f", padding-free passes of under {2 * cfg.pass_tokens:,} tokens (+ one sample)" if cfg.pass_tokens else ""),
              f"  {'GiB':<28}" + "".join(f"{e.method:>20}" for e in ests)]
     for label, attr in (("weights", "weights"), ("LoRA weights+grads+AdamW", "adapter"),
                         ("activations", "activations"), ("logits and loss", "logits"),

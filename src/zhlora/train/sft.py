@@ -301,8 +301,9 @@ def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, 
     if flat and hasattr(trainer, "pass_tokens"):
         trainer.pass_tokens = resolve_pass_tokens(cfg.pass_tokens, args.device.type == "cuda")
         if trainer.pass_tokens:
-            say(f"passes: at most {trainer.pass_tokens} tokens per forward/backward (pass_tokens); a longer batch "
-                "runs in pieces cut at sample starts, gradients accumulated")
+            say(f"batches of {2 * trainer.pass_tokens} tokens or more run as forward/backward passes of "
+                f"{trainer.pass_tokens} to {2 * trainer.pass_tokens} tokens each (pass_tokens), cut at sample "
+                "starts, gradients accumulated")
     # transformers reads a warmup_steps float below 1 as a ratio and from 1 up as a step count
     # (warmup_ratio=1.0 would be one step), so the ratio becomes steps here, for every value
     trainer.args.warmup_steps = warmup_steps(cfg, len(trainer.get_train_dataloader()))

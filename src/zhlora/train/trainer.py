@@ -7,12 +7,13 @@ the model accepts loss kwargs, as it does for every family here, so gradient acc
 and the reported loss are unchanged; eval batches get the mean).
 
 `training_step` cuts a padding-free batch (one row, positions restarting at 0 at every
-sample) of more than `pass_tokens` tokens into pieces at sample starts and runs forward and
+sample) of at least twice `pass_tokens` tokens into pieces of `pass_tokens` to twice that, at
+sample starts, and runs forward and
 backward on each in turn, gradients accumulating, every piece's loss divided by the whole
 batch's label count: the same loss and gradients as one pass (nothing attends across a
 sample start, and the collator never asks a sample's last token to predict the next sample's
 first), with the activations of one piece alive at a time. On a CPU it is also faster: a
-4k-token packed batch ran faster as four passes than as one (BENCHMARKS.md, "Padding-free
+4k-token packed batch ran faster as three passes than as one (BENCHMARKS.md, "Padding-free
 batches in passes").
 """
 from __future__ import annotations
@@ -35,17 +36,18 @@ def resolve_pass_tokens(setting: int | None, on_gpu: bool) -> int:
 
 
 def sample_pieces(inputs: dict, limit: int) -> list[dict]:
-    """A padding-free batch of T > `limit` tokens -> ceil(T / limit) pieces of about equal
-    size, each cut at the sample start nearest its share (a sample longer than a share stays
-    whole); [inputs] for any other batch (several rows, a mask, no positions) or one that fits."""
+    """A padding-free batch of T >= 2 x `limit` tokens -> T // limit pieces of about equal size
+    (each at least about `limit` tokens, less than twice that: short passes cost more than they
+    save), each cut at the sample start nearest its share (a sample longer than a share stays
+    whole); [inputs] for any other batch (several rows, a mask, no positions) or a shorter one."""
     ids, pos = inputs.get("input_ids"), inputs.get("position_ids")
     if (limit <= 0 or ids is None or pos is None or "attention_mask" in inputs
-            or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] <= limit):
+            or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 2 * limit):
         return [inputs]
     total = ids.shape[1]
     starts = [s for s in (pos[0] == 0).nonzero().flatten().tolist() if s > 0]
     cuts = [0]
-    n = -(-total // limit)
+    n = total // limit
     for i in range(1, n):
         later = [s for s in starts if s > cuts[-1]]
         if later:
