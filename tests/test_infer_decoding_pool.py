@@ -148,3 +148,20 @@ def test_infer_no_slots_left_after_failed_prefill(engine):
     [s.future.result(timeout=300) for s in (seqs[0], seqs[2])]
     with eng.lock:
         assert eng.scheduler.running == 0 and eng.scheduler.backend().pool.slots_in_use() == 0
+
+
+def test_infer_rows_reach_their_own_adapter(engine):
+    """Base, gec and poem rows in one forward get their own adapter's logits (route_rows' hook
+    on the LoRA layers), not the active adapter's: checked against PEFT with each one set."""
+    eng = engine
+    prompt = eng.encode(convs([PROMPTS[0]])[0])
+    seqs = [Sequence(prompt, a, OPTS, None) for a in (None, "gec", "poem", "gec")]
+    with torch.inference_mode():
+        got = eng.scheduler.backend().prefill(seqs)
+    for seq in seqs:
+        seq.cache.release()
+    for seq, logits in zip(seqs, got):
+        with eng.using(seq.adapter) as model:
+            want = model(input_ids=torch.tensor([prompt]), use_cache=False).logits[0, -1]
+        torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got[0], got[1]) and not torch.allclose(got[1], got[2])   # they differ

@@ -14,11 +14,13 @@ arithmetic must be the same whatever shares its batch:
   masked attention call (`masked_attention`) runs over the bucket's slots, each row masked to
   its own length within its own capacity. A row's numbers depend on its own cache and
   capacity only, not on how many slots share the call: checked row by row (torch.equal,
-  fp32 CPU, 1 and 2 threads) against the same row alone. CPU SDPA (flash kernel) does not
+  fp32 CPU, 1, 2, 4, 8 and 16 threads at the buckets' capacities) against the same row alone. CPU SDPA (flash kernel) does not
   hold this with more than one thread, so the decoding call is batched matmuls + softmax.
 - Every forward pass, prefill or decode, runs the new tokens of all its sequences as one
   flat column: input (N, 1) with N the tokens of the step, so that linear layers see one
-  (N, hidden) GEMM and PEFT's per-sample routing (`adapter_names`) is per token. Each
+  (N, hidden) GEMM and PEFT's per-sample routing (`adapter_names`) is per token (the names
+  reach each LoRA layer through a hook `route_rows` adds once, not through the PEFT model's
+  argument, which walks the whole model to add and remove such hooks every forward). Each
   sequence's tokens are one contiguous span; attention runs per span on the sequence's own
   cache. So prompts of different lengths and adapters are prefilled in ONE forward, with no
   padding between them and no mask.
@@ -45,7 +47,7 @@ from zhlora.infer.kvpool import KVPool, SeqCache  # noqa: F401  (SeqCache: the s
 ROW_QUANTUM = 4
 ATTN_NAME = "zhlora_rows"
 BASE_ROW = "__base__"  # PEFT's adapter name for "no adapter" in a mixed batch
-_active = threading.local()  # .step: the running _Step (None: no step, plain sdpa)
+_active = threading.local()  # .step: the running _Step (None: no step, plain sdpa); .names: its rows' adapters
 
 
 class _Layout:
@@ -210,9 +212,8 @@ class RowsBackend:
 
     def _forward(self, ids, pos, names, spans, keep) -> torch.Tensor:
         model = self.engine.model
-        kw = {}
-        if hasattr(model, "peft_config"):
-            kw["adapter_names"] = [BASE_ROW if n is None else n for n in names]
+        routed = self._routed(model)
+        _active.names = [BASE_ROW if n is None else n for n in names] if routed else None
         head = model.get_output_embeddings()
         rows = keep + keep[:1] * (-len(keep) % ROW_QUANTUM)   # the head sees full blocks too
         # a plain head computes only the rows asked for (a LoRA-wrapped head routes per row: all)
@@ -221,13 +222,46 @@ class RowsBackend:
         _active.step = _Step(spans, self.pool)
         self.forwards += 1
         try:
-            out = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, **kw)
+            out = model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1)
         finally:
-            _active.step = None
+            _active.step = _active.names = None
             if hook is not None:
                 hook.remove()
         logits = out.logits[:, -1]                              # (len(rows) or N, V)
         return (logits[:len(keep)] if hook is not None else logits[keep]).float()
+
+
+    def _routed(self, model) -> bool:
+        """A PEFT model's LoRA layers carry `route_rows`' hook (checked again when its adapter
+        set changes: adapters loaded by zhlora.infer.loading are routed there already)."""
+        if not hasattr(model, "peft_config"):
+            return False
+        key = (id(model), tuple(model.peft_config))
+        if key != getattr(self, "_routed_key", None):
+            route_rows(model)
+            self._routed_key = key
+        return True
+
+
+def route_rows(model) -> None:
+    """Give every PEFT LoRA layer of `model` (once) a forward pre-hook passing the running
+    step's per-row adapter names, as PEFT's `adapter_names` argument does (its mixed-batch
+    forward), without PEFT walking the whole model to add and remove those hooks on every
+    forward (a twentieth of a decoding step here)."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    for m in model.modules():
+        if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper)) and not getattr(m, "_zhlora_rows", False):
+            m.register_forward_pre_hook(_row_names, with_kwargs=True)
+            m._zhlora_rows = True
+
+
+def _row_names(module, args, kwargs):
+    names = getattr(_active, "names", None)
+    if names is not None:
+        kwargs["adapter_names"] = names
+    return args, kwargs
 
 
 def _probe(model) -> int:

@@ -103,13 +103,17 @@ def load_adapter_weights(peft_model, base, rec: AdapterRecord):
     """Plug `rec` into `peft_model` (or wrap `base` when there is none yet) -> the PeftModel."""
     from peft import PeftModel
 
+    from zhlora.infer.decoding import route_rows
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)  # PEFT calls deprecated HF names
             if peft_model is None:
-                return PeftModel.from_pretrained(base, str(rec.path), adapter_name=rec.name, is_trainable=False)
-            peft_model.load_adapter(str(rec.path), adapter_name=rec.name, is_trainable=False)
-            return peft_model
+                peft_model = PeftModel.from_pretrained(base, str(rec.path), adapter_name=rec.name, is_trainable=False)
+            else:
+                peft_model.load_adapter(str(rec.path), adapter_name=rec.name, is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ZhloraError(f"adapter {rec.name!r} at {rec.path} does not fit the base model: {e}. "
                           "Check that --model is the base it was trained on") from None
+    route_rows(peft_model)   # layers the adapter wraps anew get the scheduler's per-row routing
+    return peft_model
