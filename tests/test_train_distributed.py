@@ -47,7 +47,7 @@ def test_two_process_run_matches_one_process(tiny_llama, tmp_path):
 def _two_process_run(tiny_llama, out: Path, port: int, *extra: str) -> Path:
     data = ROOT / "examples" / "data" / "zh_instruct_sample.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.log").write_text(run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
          str(port + os.getpid() % 1000), "-m", "zhlora", "train", str(RECIPE), f"model={tiny_llama}",
          f"data={data}", f"output_dir={out}", "max_steps=4", "logging_steps=1", "save_steps=0",
@@ -62,9 +62,9 @@ def test_two_process_run_in_passes_matches_whole_batches(tiny_llama, tmp_path):
     from safetensors.torch import load_file
 
     whole = _two_process_run(tiny_llama, tmp_path / "whole", 31500, "packing=true", "pass_tokens=0",
-                             "learning_rate=1e-2", "overwrite=true")
+                             "learning_rate=1e-2")
     passes = _two_process_run(tiny_llama, tmp_path / "passes", 32500, "packing=true", "pass_tokens=64",
-                              "learning_rate=1e-2", "overwrite=true")
+                              "learning_rate=1e-2")
     assert "passes of 64 to 128 tokens" in (tmp_path / "passes.log").read_text()
     assert "passes of" not in (tmp_path / "whole.log").read_text()
     assert curve(passes) == pytest.approx(curve(whole), abs=1e-5)

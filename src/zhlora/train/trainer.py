@@ -8,11 +8,10 @@ and the reported loss are unchanged; eval batches get the mean).
 
 `training_step` cuts a padding-free batch (one row, positions restarting at 0 at every
 sample) of at least twice `pass_tokens` tokens into pieces of `pass_tokens` to twice that, at
-sample starts, and runs forward and
-backward on each in turn, gradients accumulating, every piece's loss divided by the whole
-batch's label count: the same loss and gradients as one pass (nothing attends across a
-sample start, and the collator never asks a sample's last token to predict the next sample's
-first), with the activations of one piece alive at a time. On a CPU it is also faster: a
+sample starts, and runs forward and backward on each in turn, gradients accumulating, every
+piece's loss divided by the whole batch's label count: the same loss and gradients as one
+pass (nothing attends across a sample start, and the collator never asks a sample's last
+token to predict the next sample's first), with the activations of one piece alive at a time. On a CPU it is also faster: a
 4k-token packed batch ran faster as three passes than as one (BENCHMARKS.md, "Padding-free
 batches in passes").
 """
