@@ -58,11 +58,16 @@ def test_pass_tokens_default_follows_the_device():
     assert resolve_pass_tokens(512, on_gpu=True) == 512
 
 
-def test_negative_pass_tokens_is_a_config_error(tmp_path):
+def test_pass_tokens_config_errors(tmp_path):
     from zhlora.train.config import load_config
 
+    base = [f"model={tmp_path}", f"data={tmp_path / 'x.jsonl'}"]
     with pytest.raises(ConfigError, match="pass_tokens"):
-        load_config(None, [f"model={tmp_path}", f"data={tmp_path / 'x.jsonl'}", "pass_tokens=-1"])
+        load_config(None, [*base, "pass_tokens=-1"])
+    for off in ("padding_free=false", "label_only_loss=false"):   # it would be silently ignored
+        with pytest.raises(ConfigError, match="drop pass_tokens"):
+            load_config(None, [*base, "pass_tokens=512", off])
+    assert load_config(None, [*base, "pass_tokens=0", "padding_free=false"]).pass_tokens == 0
 
 
 @pytest.mark.parametrize("family,checkpointing", [("llama", "false"), ("llama", "true"), ("qwen2", "true"), ("glm4", "false")])
@@ -111,7 +116,7 @@ def test_the_plan_counts_one_pass(tmp_path):
     that pads (or an unset limit, which a GPU run does not split) plans the whole batch."""
     from zhlora.models.tiny import make_tiny_model
     from zhlora.train.config import load_config
-    from zhlora.train.plan import build_plan, format_plan
+    from zhlora.train.plan import build_plan, format_plan, pass_tokens
 
     from conftest import ZH_TEXTS
 
@@ -123,5 +128,4 @@ def test_the_plan_counts_one_pass(tmp_path):
     assert ests[0].activations == pytest.approx(whole.activations * (2 * 1024 + 512) / 4096)
     assert ests[0].weights == whole.weights
     assert "passes of under 2,048 tokens" in format_plan(cfg, shape, ests, [])
-    padded = build_plan(load_config(None, [*base, "pass_tokens=1024", "padding_free=false"]))[1][0]
-    assert padded.activations == whole.activations
+    assert pass_tokens(cfg, padding_free=False) == 8 * 512       # a model that pads: the whole batch

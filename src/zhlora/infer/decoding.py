@@ -14,8 +14,9 @@ arithmetic must be the same whatever shares its batch:
   masked attention call (`masked_attention`) runs over the bucket's slots, each row masked to
   its own length within its own capacity. A row's numbers depend on its own cache and
   capacity only, not on how many slots share the call: checked row by row (torch.equal,
-  fp32 CPU, 1, 2, 4, 8 and 16 threads at the buckets' capacities) against the same row alone. CPU SDPA (flash kernel) does not
-  hold this with more than one thread, so the decoding call is batched matmuls + softmax.
+  fp32 CPU, 1, 2, 4, 8 and 16 threads at the buckets' capacities) against the same row
+  alone. CPU SDPA (flash kernel) does not hold this with more than one thread, so the
+  decoding call is batched matmuls + softmax.
 - Every forward pass, prefill or decode, runs the new tokens of all its sequences as one
   flat column: input (N, 1) with N the tokens of the step, so that linear layers see one
   (N, hidden) GEMM and PEFT's per-sample routing (`adapter_names`) is per token (the names
@@ -249,10 +250,12 @@ def route_rows(model) -> None:
     forward), without PEFT walking the whole model to add and remove those hooks on every
     forward (a twentieth of a decoding step here)."""
     from peft.tuners.lora import LoraLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
+    from peft.utils import other
 
+    # modules_to_save wrappers route per row too (PEFT's own hooks cover both)
+    wrapper = getattr(other, "AuxiliaryTrainingWrapper", None) or other.ModulesToSaveWrapper
     for m in model.modules():
-        if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper)) and not getattr(m, "_zhlora_rows", False):
+        if isinstance(m, (LoraLayer, wrapper)) and not getattr(m, "_zhlora_rows", False):
             m.register_forward_pre_hook(_row_names, with_kwargs=True)
             m._zhlora_rows = True
 

@@ -138,6 +138,11 @@ class TrainConfig:
         if self.pass_tokens is not None and self.pass_tokens < 0:
             problems.append(f"`pass_tokens` must be >= 0 (0: no limit; unset: the device's default), "
                             f"got {self.pass_tokens}")
+        elif self.pass_tokens and (not self.padding_free or not self.label_only_loss
+                                   or self.deepspeed or self.fsdp):
+            problems.append(f"`pass_tokens` ({self.pass_tokens}) splits padding-free batches under the "
+                            "label-only loss without DeepSpeed/FSDP; this recipe sets padding_free=false, "
+                            "label_only_loss=false, deepspeed or fsdp: drop pass_tokens or those keys")
         if not 0 <= self.warmup_ratio <= 1:
             problems.append(f"`warmup_ratio` is the share of the steps that warm up, in [0, 1]; got {self.warmup_ratio}")
         if self.checkpoint_every != 1 and not self.gradient_checkpointing \

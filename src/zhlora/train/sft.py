@@ -298,6 +298,8 @@ def make_trainer(cfg, args, model, tokenizer, train_rows, eval_rows, callbacks, 
                             train_dataset=ds.RowDataset(train_rows),
                             eval_dataset=ds.RowDataset(eval_rows) if eval_rows else None,
                             callbacks=callbacks or [])
+    if cfg.pass_tokens and not flat:
+        say(f"pass_tokens={cfg.pass_tokens} does not apply: this model's batches are padded, not padding-free")
     if flat and hasattr(trainer, "pass_tokens"):
         trainer.pass_tokens = resolve_pass_tokens(cfg.pass_tokens, args.device.type == "cuda")
         if trainer.pass_tokens:
